@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+pub mod frames;
+pub mod peers;
+mod transform;
+
+pub use error::Error;
+pub use transform::{rotation_log, Transform};

@@ -1,0 +1,12 @@
+use thiserror::Error as ThisError;
+
+/// Error returned by `telecho-sim`. Opaque: the message names what was wrong.
+#[derive(Debug, ThisError)]
+#[error(transparent)]
+pub struct Error(#[from] pub(crate) ErrorKind);
+
+#[derive(Debug, ThisError)]
+pub(crate) enum ErrorKind {
+    #[error("{what} must be finite and non-negative, got {value}")]
+    InvalidParameter { what: &'static str, value: f64 },
+}

@@ -1,0 +1,59 @@
+//! `telecho`: the command-line tool that wires the telecho nodes together.
+//!
+//! The binary stays thin: it parses arguments, loads files and calls the libraries.
+
+mod cli_error;
+mod demo;
+mod kin;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::cli_error::CliError;
+
+/// Open robotic tele-echography: robot-held ultrasound of the lumbar spine, teleoperated or
+/// autonomous, co-registered with cone-beam CT.
+#[derive(Debug, Parser)]
+#[command(name = "telecho", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system on the built-in simulator, headless (today: the kinematics self-check
+    /// of the bundled arms).
+    Demo(demo::DemoArgs),
+    /// Kinematics of any serial chain in a URDF: forward kinematics, Jacobian, inverse kinematics.
+    Kin {
+        #[command(subcommand)]
+        command: kin::KinCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli_error::clap_exit(e),
+    };
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Kin { command } => kin::run(&command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}
+
+/// Result type of every subcommand.
+type CliResult = Result<(), CliError>;
