@@ -44,7 +44,7 @@ impl Default for IkConfig {
             accept_position_m: 1e-6,
             accept_orientation_rad: 1e-6,
             orientation_weight_m: 0.5,
-            rng_seed: 0x7e1e_c40,
+            rng_seed: 0x07e1_ec40,
         }
     }
 }
@@ -330,7 +330,7 @@ fn cholesky_solve(a: &mut [f64], b: &mut [f64], m: usize) -> bool {
         for k in 0..j {
             d -= a[j * m + k] * a[j * m + k];
         }
-        if !(d > 0.0) || !d.is_finite() {
+        if d.is_nan() || d <= 0.0 || !d.is_finite() {
             return false;
         }
         let d = d.sqrt();
