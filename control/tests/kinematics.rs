@@ -411,6 +411,20 @@ fn bad_inputs_are_clear_errors() {
     let e = Chain::from_urdf_str(bad_limits, None, "b").unwrap_err();
     assert!(e.to_string().contains("limits"), "{e}");
 
+    let two_parents = r#"<robot name="t"><link name="a"/><link name="b"/><link name="c"/>
+        <joint name="j1" type="fixed"><parent link="a"/><child link="c"/></joint>
+        <joint name="j2" type="fixed"><parent link="b"/><child link="c"/></joint></robot>"#;
+    let e = Chain::from_urdf_str(two_parents, None, "c").unwrap_err();
+    assert!(e.to_string().contains("more than one parent"), "{e}");
+    let cycle = r#"<robot name="t"><link name="r"/><link name="a"/><link name="b"/>
+        <joint name="j1" type="fixed"><parent link="a"/><child link="b"/></joint>
+        <joint name="j2" type="fixed"><parent link="b"/><child link="a"/></joint></robot>"#;
+    let e = Chain::from_urdf_str(cycle, Some("r"), "b").unwrap_err();
+    assert!(e.to_string().contains("cycle"), "{e}");
+    let apart = r#"<robot name="t"><link name="r"/><link name="s"/></robot>"#;
+    let e = Chain::from_urdf_str(apart, Some("r"), "s").unwrap_err();
+    assert!(e.to_string().contains("not connected"), "{e}");
+
     let mut solver = IkSolver::new(&chain, IkConfig::default());
     let mut nan_target = chain.fk(&[0.0; 6]).unwrap();
     nan_target.translation.x = f64::NAN;

@@ -133,24 +133,15 @@ impl Chain {
                 return Err(ErrorKind::MultipleParents(j.child.link.clone()).into());
             }
         }
-        let root = {
-            let mut roots: Vec<&str> = links
-                .iter()
-                .copied()
-                .filter(|l| !parent_joint.contains_key(l))
-                .collect();
-            roots.sort_unstable();
-            match roots.first() {
-                // A URDF has exactly one root; with several, the first declared link wins.
-                Some(_) => robot
-                    .links
-                    .iter()
-                    .map(|l| l.name.as_str())
-                    .find(|l| !parent_joint.contains_key(l))
-                    .unwrap_or(roots[0]),
-                None => return Err(ErrorKind::NoRoot.into()),
-            }
-        };
+        // The root is the first declared link without a parent joint (a URDF has exactly one);
+        // links only named by joints are considered after the declared ones.
+        let root = robot
+            .links
+            .iter()
+            .map(|l| l.name.as_str())
+            .chain(robot.joints.iter().map(|j| j.parent.link.as_str()))
+            .find(|l| !parent_joint.contains_key(l))
+            .ok_or(ErrorKind::NoRoot)?;
         let base = base.unwrap_or(root);
         for l in [base, tip] {
             if !links.contains(l) {
@@ -187,8 +178,9 @@ impl Chain {
         let lca_up = up.iter().position(|(l, _)| l == lca).unwrap_or(0);
 
         let mut ops = Vec::new();
-        for (_, j) in &up[..lca_up] {
-            let joint = &robot.joints[j.expect("non-root links have a parent joint")];
+        // Every link below the common ancestor has a parent joint, so the filters drop nothing.
+        for j in up[..lca_up].iter().filter_map(|(_, j)| *j) {
+            let joint = &robot.joints[j];
             let (origin, motion) = joint_parts(joint)?;
             if let Some(Op::Motion {
                 name,
@@ -208,8 +200,8 @@ impl Chain {
             }
             ops.push(Op::Fixed(origin.inverse()));
         }
-        for (_, j) in down[..lca_down].iter().rev() {
-            let joint = &robot.joints[j.expect("non-root links have a parent joint")];
+        for j in down[..lca_down].iter().rev().filter_map(|(_, j)| *j) {
+            let joint = &robot.joints[j];
             let (origin, motion) = joint_parts(joint)?;
             ops.push(Op::Fixed(origin));
             if let Some(m) = motion {
