@@ -6,4 +6,4 @@ pub mod peers;
 mod transform;
 
 pub use error::Error;
-pub use transform::{rotation_log, Transform};
+pub use transform::{rotation_from_rpy, rotation_log, Transform};

@@ -150,8 +150,8 @@ impl Mul for &Transform {
     }
 }
 
-/// `Rz(yaw)·Ry(pitch)·Rx(roll)`.
-fn rotation_from_rpy(roll: f64, pitch: f64, yaw: f64) -> Matrix3<f64> {
+/// Rotation matrix of URDF roll/pitch/yaw (rad): `Rz(yaw)·Ry(pitch)·Rx(roll)`.
+pub fn rotation_from_rpy(roll: f64, pitch: f64, yaw: f64) -> Matrix3<f64> {
     let (sr, cr) = roll.sin_cos();
     let (sp, cp) = pitch.sin_cos();
     let (sy, cy) = yaw.sin_cos();

@@ -9,4 +9,17 @@ pub struct Error(#[from] pub(crate) ErrorKind);
 pub(crate) enum ErrorKind {
     #[error("{what} must be finite and non-negative, got {value}")]
     InvalidParameter { what: &'static str, value: f64 },
+    #[error("{what} must be finite and within [{min}, {max}], got {value}")]
+    OutOfRange {
+        what: &'static str,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    #[error("{what}: range lower bound {lo} must not exceed upper bound {hi}")]
+    EmptyRange {
+        what: &'static str,
+        lo: f64,
+        hi: f64,
+    },
 }

@@ -2,5 +2,7 @@
 
 mod error;
 pub mod noise;
+pub mod phantom;
 
 pub use error::Error;
+pub use phantom::{Landmark, Phantom, PhantomParams, Tissue};
