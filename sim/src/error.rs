@@ -22,4 +22,6 @@ pub(crate) enum ErrorKind {
         lo: f64,
         hi: f64,
     },
+    #[error("simulated volume is invalid: {0}")]
+    Volume(String),
 }

@@ -732,29 +732,36 @@ impl Phantom {
     /// Tissue class at `p` (ct, metres). Bone wins over the skin and fat layers (a thin patient's
     /// spinous tips may reach into the fat); the layers are measured along y from the skin.
     pub fn tissue_at(&self, p: &Vector3<f64>) -> Tissue {
+        self.tissue_and_bone_sdf(p).0
+    }
+
+    /// [`Phantom::tissue_at`] together with [`Phantom::bone_sdf`] (`+inf` posterior of the skin),
+    /// evaluating the bone distance once — what voxelisation needs.
+    pub fn tissue_and_bone_sdf(&self, p: &Vector3<f64>) -> (Tissue, f64) {
         let ys = self.skin_y(p.x, p.z);
         let depth = p.y - ys;
         if depth < 0.0 || !depth.is_finite() {
-            return Tissue::Air;
+            return (Tissue::Air, f64::INFINITY);
         }
         let d = self.bone_sdf(p);
         if d < 0.0 {
-            return if d > -self.params.cortical_thickness {
+            let t = if d > -self.params.cortical_thickness {
                 Tissue::CorticalBone
             } else {
                 Tissue::TrabecularBone
             };
+            return (t, d);
         }
-        if depth < self.params.skin_thickness {
-            return Tissue::Skin;
-        }
-        if depth < self.params.skin_thickness + self.fat {
-            return Tissue::Fat;
-        }
-        if self.in_disc(p) {
-            return Tissue::Disc;
-        }
-        Tissue::Muscle
+        let t = if depth < self.params.skin_thickness {
+            Tissue::Skin
+        } else if depth < self.params.skin_thickness + self.fat {
+            Tissue::Fat
+        } else if self.in_disc(p) {
+            Tissue::Disc
+        } else {
+            Tissue::Muscle
+        };
+        (t, d)
     }
 
     /// Inside a disc: between the endplates of two neighbours and inside the mean ellipse.
