@@ -5,6 +5,7 @@
 mod cli_error;
 mod demo;
 mod kin;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: kin::KinCommand,
     },
+    /// The built-in simulator: simulated patients (phantom, CBCT, landmarks).
+    Sim {
+        #[command(subcommand)]
+        command: sim::SimCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Kin { command } => kin::run(&command),
+        Command::Sim { command } => sim::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

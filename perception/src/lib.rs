@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+pub mod io;
 pub mod volume;
 
 pub use error::Error;
