@@ -132,7 +132,7 @@ fn check_arm(name: &str, chain: &Chain, poses: usize, seed: u64) -> ArmCheck {
                 max_r = max_r.max(r.orientation_error_rad);
             }
         }
-        max_fd = max_fd.max(jacobian_fd_error(chain, &q));
+        max_fd = max_fd.max(chain.jacobian_fd_error(&q, 1e-6).unwrap_or(f64::INFINITY));
     }
     ArmCheck {
         arm: name.to_owned(),
@@ -144,28 +144,4 @@ fn check_arm(name: &str, chain: &Chain, poses: usize, seed: u64) -> ArmCheck {
         jacobian_max_fd_error: max_fd,
         ik_mean_time_us: 1e6 * ik_time / poses as f64,
     }
-}
-
-/// Largest difference between the analytic Jacobian and central finite differences of FK.
-fn jacobian_fd_error(chain: &Chain, q: &[f64]) -> f64 {
-    let Ok(j) = chain.jacobian(q) else {
-        return f64::INFINITY;
-    };
-    let h = 1e-6;
-    let mut qp = q.to_vec();
-    let mut worst = 0.0f64;
-    for i in 0..q.len() {
-        qp[i] = q[i] + h;
-        let a = chain.fk_unchecked(&qp);
-        qp[i] = q[i] - h;
-        let b = chain.fk_unchecked(&qp);
-        qp[i] = q[i];
-        let lin = (a.translation - b.translation) / (2.0 * h);
-        let w = telecho_core::rotation_log(&(a.rotation * b.rotation.transpose())) / (2.0 * h);
-        for r in 0..3 {
-            worst = worst.max((j[(r, i)] - lin[r]).abs());
-            worst = worst.max((j[(r + 3, i)] - w[r]).abs());
-        }
-    }
-    worst
 }

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use telecho_perception::volume::Volume;
 
-use crate::error::ErrorKind;
+use crate::error::{check_in_range as check, ErrorKind};
 use crate::phantom::{Phantom, Tissue};
 use crate::Error;
 
@@ -51,19 +51,6 @@ impl Default for CbctParams {
 
 impl CbctParams {
     fn validate(&self) -> Result<(), Error> {
-        let check = |what: &'static str, v: f64, lo: f64, hi: f64| -> Result<(), Error> {
-            if v.is_finite() && (lo..=hi).contains(&v) {
-                Ok(())
-            } else {
-                Err(ErrorKind::OutOfRange {
-                    what,
-                    value: v,
-                    min: lo,
-                    max: hi,
-                }
-                .into())
-            }
-        };
         check("CBCT voxel size (m)", self.voxel_m, 0.0002, 0.005)?;
         check("CBCT noise (HU)", self.noise_hu, 0.0, 500.0)?;
         check(

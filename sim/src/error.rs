@@ -25,3 +25,23 @@ pub(crate) enum ErrorKind {
     #[error("simulated volume is invalid: {0}")]
     Volume(String),
 }
+
+/// Checks that `value` is finite and within `[min, max]`, naming it in the error.
+pub(crate) fn check_in_range(
+    what: &'static str,
+    value: f64,
+    min: f64,
+    max: f64,
+) -> Result<(), Error> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ErrorKind::OutOfRange {
+            what,
+            value,
+            min,
+            max,
+        }
+        .into())
+    }
+}

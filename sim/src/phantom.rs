@@ -55,7 +55,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use telecho_core::{rotation_from_rpy, Transform};
 
-use crate::error::ErrorKind;
+use crate::error::{check_in_range as check, ErrorKind};
 use crate::Error;
 
 /// Number of modelled vertebrae (L1–L5).
@@ -129,20 +129,6 @@ impl Default for PhantomParams {
             skin_thickness: 0.002,
             cortical_thickness: 0.0015,
         }
-    }
-}
-
-fn check(what: &'static str, value: f64, min: f64, max: f64) -> Result<(), Error> {
-    if value.is_finite() && (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ErrorKind::OutOfRange {
-            what,
-            value,
-            min,
-            max,
-        }
-        .into())
     }
 }
 

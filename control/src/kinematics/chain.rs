@@ -442,6 +442,31 @@ impl Chain {
         t
     }
 
+    /// Largest absolute difference between the analytic Jacobian at `q` and central finite
+    /// differences of FK (step `h`): the self-check used by the tests and `telecho demo`.
+    /// Allocates; not for the control loop.
+    pub fn jacobian_fd_error(&self, q: &[f64], h: f64) -> Result<f64, Error> {
+        let j = self.jacobian(q)?;
+        let mut qp = q.to_vec();
+        let mut worst = 0.0f64;
+        for i in 0..q.len() {
+            qp[i] = q[i] + h;
+            let a = self.fk_unchecked(&qp);
+            qp[i] = q[i] - h;
+            let b = self.fk_unchecked(&qp);
+            qp[i] = q[i];
+            let lin = (a.translation - b.translation) / (2.0 * h);
+            let ang =
+                telecho_core::rotation_log(&(a.rotation * b.rotation.transpose())) / (2.0 * h);
+            for r in 0..3 {
+                worst = worst
+                    .max((j[(r, i)] - lin[r]).abs())
+                    .max((j[(r + 3, i)] - ang[r]).abs());
+            }
+        }
+        Ok(worst)
+    }
+
     /// Allocating convenience: the Jacobian at `q` as a new 6×N matrix.
     pub fn jacobian(&self, q: &[f64]) -> Result<Matrix6xX<f64>, Error> {
         let mut jac = Matrix6xX::zeros(self.dof());

@@ -68,6 +68,7 @@ pub struct IkReport {
 pub struct IkSolver {
     config: IkConfig,
     jac: Matrix6xX<f64>,
+    jac_trial: Matrix6xX<f64>,
     q: Vec<f64>,
     q_trial: Vec<f64>,
     q_best: Vec<f64>,
@@ -86,6 +87,7 @@ impl IkSolver {
         Self {
             config,
             jac: Matrix6xX::zeros(n),
+            jac_trial: Matrix6xX::zeros(n),
             q: vec![0.0; n],
             q_trial: vec![0.0; n],
             q_best: vec![0.0; n],
@@ -179,7 +181,7 @@ impl IkSolver {
     fn descend(&mut self, chain: &Chain, target: &Transform) -> (f64, f64, f64, usize) {
         let cfg = self.config;
         let w = cfg.orientation_weight_m;
-        let mut t = chain.fk_jacobian_unchecked(&self.q, &mut self.jac);
+        let t = chain.fk_jacobian_unchecked(&self.q, &mut self.jac);
         let (mut e, mut pos, mut ori) = task_error(&t, target, w);
         let mut cost = e.norm_squared();
         let mut nu = 1.0;
@@ -202,7 +204,8 @@ impl IkSolver {
                 *qt = q + dq;
             }
             chain.clamp_to_limits(&mut self.q_trial);
-            let t_trial = chain.fk_unchecked(&self.q_trial);
+            // Pose and Jacobian of the trial in one pass: an accepted trial needs no second FK.
+            let t_trial = chain.fk_jacobian_unchecked(&self.q_trial, &mut self.jac_trial);
             let (e_trial, pos_trial, ori_trial) = task_error(&t_trial, target, w);
             let cost_trial = e_trial.norm_squared();
             if cost_trial < cost {
@@ -213,7 +216,7 @@ impl IkSolver {
                 };
                 self.q.copy_from_slice(&self.q_trial);
                 (e, pos, ori, cost) = (e_trial, pos_trial, ori_trial, cost_trial);
-                t = chain.fk_jacobian_unchecked(&self.q, &mut self.jac);
+                std::mem::swap(&mut self.jac, &mut self.jac_trial);
                 nu = (nu * 0.25).max(1.0);
                 if slow >= 10 {
                     break; // stuck in a local minimum (often a joint limit): restart
@@ -225,7 +228,6 @@ impl IkSolver {
                 }
             }
         }
-        let _ = t;
         (cost, pos, ori, it)
     }
 
