@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+pub mod dicom;
 pub mod io;
 pub mod volume;
 
