@@ -24,6 +24,13 @@ pub(crate) enum ErrorKind {
     },
     #[error("simulated volume is invalid: {0}")]
     Volume(String),
+    #[error("Gazebo export: {0}")]
+    Export(String),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Checks that `value` is finite and within `[min, max]`, naming it in the error.
