@@ -10,6 +10,12 @@ pub struct Error(#[from] pub(crate) ErrorKind);
 
 #[derive(Debug, ThisError)]
 pub(crate) enum ErrorKind {
+    #[error("{}", protocol_message(origin, *line, message))]
+    Protocol {
+        origin: String,
+        line: usize,
+        message: String,
+    },
     #[error("cannot read URDF: {0}")]
     Urdf(String),
     #[error("link `{0}` is not in the URDF")]
@@ -70,5 +76,13 @@ impl Error {
     /// True when an input value was NaN or infinite.
     pub fn is_not_finite(&self) -> bool {
         matches!(self.0, ErrorKind::NotFinite { .. })
+    }
+}
+
+fn protocol_message(origin: &str, line: usize, message: &str) -> String {
+    if line == 0 {
+        format!("scan protocol {origin}: {message}")
+    } else {
+        format!("scan protocol {origin}, line {line}: {message}")
     }
 }
