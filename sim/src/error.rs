@@ -24,6 +24,22 @@ pub(crate) enum ErrorKind {
     },
     #[error("simulated volume is invalid: {0}")]
     Volume(String),
+    #[error("probe pose must be finite (got NaN or infinity)")]
+    NonFinitePose,
+    #[error("probe pose rotation must be orthonormal and right-handed (deviation {deviation:e})")]
+    NotARotation { deviation: f64 },
+    #[error("robot model: {0}")]
+    Kinematics(#[from] telecho_control::Error),
+    #[error("URDF: {0}")]
+    Urdf(String),
+    #[error("joint command has {got} values, the arm has {expected} joints; command ignored")]
+    CommandLength { expected: usize, got: usize },
+    #[error("joint command value {index} is {value}; commands must be finite; command ignored")]
+    CommandNotFinite { index: usize, value: f64 },
+    #[error("{capacity} joint commands are already waiting out the latency; command ignored")]
+    CommandQueueFull { capacity: usize },
+    #[error("{what} must be finite, got {value}")]
+    NotFinite { what: &'static str, value: f64 },
     #[error("Gazebo export: {0}")]
     Export(String),
     #[error("cannot write {path}: {source}")]

@@ -12,5 +12,11 @@ pub mod ultrasound;
 pub mod world;
 
 pub use cbct::{simulate_cbct, CbctParams};
+pub use contact::{Breathing, ContactModel, ContactParams, PassiveProbe, ProbeFace};
 pub use error::Error;
+pub use ft_sensor::{FtFault, FtReading, FtSensor, FtSensorParams, Payload, Wrench};
 pub use phantom::{Landmark, Phantom, PhantomParams, Tissue};
+pub use robot::{JointCommand, ServoArm, ServoMode, ServoParams};
+pub use world::{
+    GroundTruth, InitialPose, Observation, PatientPlacement, SimWorld, UrdfSource, WorldConfig,
+};

@@ -374,51 +374,52 @@ fn bad_export_requests_are_refused() {
     let phantom = Phantom::generate(1);
     let dir = out_dir("bad");
     let ok = GazeboExport::new("ur5e_probe", UR5E, &phantom, placement());
-    let mut cases: Vec<(GazeboExport<'_>, &str)> = Vec::new();
-    cases.push((
-        GazeboExport {
-            robot_name: "../evil",
-            ..ok.clone()
-        },
-        "robot name",
-    ));
-    cases.push((
-        GazeboExport {
-            urdf_xml: "<robot name='x'>",
-            ..ok.clone()
-        },
-        "URDF",
-    ));
-    cases.push((
-        GazeboExport {
-            initial_q: Some(vec![0.0; 3]),
-            ..ok.clone()
-        },
-        "initial_q",
-    ));
-    cases.push((
-        GazeboExport {
-            initial_q: Some(vec![f64::NAN; 6]),
-            ..ok.clone()
-        },
-        "initial",
-    ));
-    cases.push((
-        GazeboExport {
-            mesh_step_m: 0.0,
-            ..ok.clone()
-        },
-        "mesh_step_m",
-    ));
     let mut t = placement();
     t.translation.x = f64::NAN;
-    cases.push((
-        GazeboExport {
-            t_base_ct: t,
-            ..ok.clone()
-        },
-        "t_base_ct",
-    ));
+    let cases: Vec<(GazeboExport<'_>, &str)> = vec![
+        (
+            GazeboExport {
+                robot_name: "../evil",
+                ..ok.clone()
+            },
+            "robot name",
+        ),
+        (
+            GazeboExport {
+                urdf_xml: "<robot name='x'>",
+                ..ok.clone()
+            },
+            "URDF",
+        ),
+        (
+            GazeboExport {
+                initial_q: Some(vec![0.0; 3]),
+                ..ok.clone()
+            },
+            "initial_q",
+        ),
+        (
+            GazeboExport {
+                initial_q: Some(vec![f64::NAN; 6]),
+                ..ok.clone()
+            },
+            "initial",
+        ),
+        (
+            GazeboExport {
+                mesh_step_m: 0.0,
+                ..ok.clone()
+            },
+            "mesh_step_m",
+        ),
+        (
+            GazeboExport {
+                t_base_ct: t,
+                ..ok.clone()
+            },
+            "t_base_ct",
+        ),
+    ];
     for (spec, needle) in cases {
         let err = export_gazebo(&dir, &spec).expect_err(needle).to_string();
         assert!(err.contains(needle), "{err:?} should mention {needle}");
