@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use telecho_perception::dicom::{write_dicom_series, SeriesInfo};
 use telecho_sim::{simulate_cbct, CbctParams, Phantom};
 
 use crate::cli_error::CliError;
@@ -12,7 +13,8 @@ use crate::CliResult;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SimCommand {
-    /// Write the patient of a seed: DIR/ct.nii.gz (CBCT, RAS, HU) and DIR/landmarks.json (ct frame, m).
+    /// Write the patient of a seed: DIR/ct.nii.gz (CBCT, RAS, HU), the same CBCT as a DICOM CT
+    /// series in DIR/dicom/ (one file per slice) and DIR/landmarks.json (ct frame, m).
     Phantom(PhantomArgs),
 }
 
@@ -64,6 +66,16 @@ fn phantom(args: &PhantomArgs) -> CliResult {
         .map_err(CliError::input)?;
     let ct = args.out.join("ct.nii.gz");
     telecho_perception::io::write_nifti(&ct, &volume).map_err(CliError::failed)?;
+    let dicom_dir = args.out.join("dicom");
+    let info = SeriesInfo {
+        patient_name: format!("TELECHO^PHANTOM {}", args.seed),
+        patient_id: format!("telecho-phantom-{}", args.seed),
+        study_description: "telecho simulated patient".to_owned(),
+        series_description: format!("simulated CBCT {} mm", args.voxel_mm),
+        uid_seed: args.seed,
+        ..SeriesInfo::default()
+    };
+    let slices = write_dicom_series(&dicom_dir, &volume, &info).map_err(CliError::failed)?;
     let landmarks = phantom.landmarks();
     let file = LandmarksFile {
         landmarks: landmarks
@@ -81,12 +93,14 @@ fn phantom(args: &PhantomArgs) -> CliResult {
         .map_err(CliError::failed)?;
     let d = volume.dims();
     eprintln!(
-        "wrote {} ({}×{}×{} voxels of {} mm) and {} ({} landmarks)",
+        "wrote {} ({}×{}×{} voxels of {} mm), {} ({} DICOM slices) and {} ({} landmarks)",
         ct.display(),
         d[0],
         d[1],
         d[2],
         args.voxel_mm,
+        dicom_dir.display(),
+        slices.len(),
         path.display(),
         landmarks.len()
     );

@@ -1,9 +1,10 @@
 //! `telecho sim phantom` end to end: files, their agreement with each other, determinism.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nalgebra::Vector3;
+use telecho_perception::dicom::read_dicom_series;
 use telecho_perception::io::read_nifti;
 
 fn phantom(seed: &str, out: &Path, voxel_mm: &str) -> std::process::Output {
@@ -32,6 +33,20 @@ fn phantom_writes_ct_and_landmarks_deterministically() {
             std::fs::read(a.join(f)).unwrap(),
             std::fs::read(b.join(f)).unwrap(),
             "{f} differs"
+        );
+    }
+    // The DICOM series: the same files, byte for byte.
+    let (da, db) = (dicom_files(&a), dicom_files(&b));
+    assert!(!da.is_empty());
+    assert_eq!(
+        da.iter().map(|p| p.file_name()).collect::<Vec<_>>(),
+        db.iter().map(|p| p.file_name()).collect::<Vec<_>>()
+    );
+    for (x, y) in da.iter().zip(&db) {
+        assert!(
+            std::fs::read(x).unwrap() == std::fs::read(y).unwrap(),
+            "{} differs",
+            x.display()
         );
     }
     let v: serde_json::Value =
@@ -65,14 +80,73 @@ fn phantom_writes_ct_and_landmarks_deterministically() {
         }
         assert!(best >= 150.0, "{}: {best} HU", l["name"]);
     }
-    // Another seed is another patient.
+    // Another seed is another patient, in another DICOM series.
     let c = base.join("c");
     assert!(phantom("13", &c, "1.0").status.success());
     assert_ne!(
         std::fs::read(a.join("landmarks.json")).unwrap(),
         std::fs::read(c.join("landmarks.json")).unwrap()
     );
+    assert_ne!(
+        std::fs::read(&da[0]).unwrap(),
+        std::fs::read(&dicom_files(&c)[0]).unwrap()
+    );
     std::fs::remove_dir_all(&base).ok();
+}
+
+/// The files of DIR/dicom, sorted by name.
+fn dicom_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("dicom"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn phantom_dicom_series_equals_the_nifti() {
+    let dir = std::env::temp_dir().join(format!("telecho-cli-sim-dicom-{}", std::process::id()));
+    let out = phantom("5", &dir, "1.2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nifti = read_nifti(&dir.join("ct.nii.gz")).unwrap();
+    let dicom = read_dicom_series(&dir.join("dicom")).unwrap();
+    assert_eq!(dicom.dims(), nifti.dims());
+    assert_eq!(
+        dicom_files(&dir).len(),
+        nifti.dims()[2],
+        "one file per slice"
+    );
+    let (ld, od) = dicom.affine();
+    let (ln, on) = nifti.affine();
+    assert!(
+        (ld - ln).abs().max() < 1e-6 && (od - on).abs().max() < 1e-6,
+        "DICOM affine {ld}{od} vs NIfTI {ln}{on}"
+    );
+    let spacing = dicom.spacing();
+    assert!(
+        spacing.iter().all(|s| (s - 0.0012).abs() < 1e-9),
+        "{spacing:?}"
+    );
+    let mismatches = dicom
+        .data()
+        .iter()
+        .zip(nifti.data())
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(mismatches, 0, "voxels differing between DICOM and NIfTI");
+    // Bone and soft tissue are both there (not a blank volume).
+    assert!(dicom.data().iter().any(|&v| v >= 300.0));
+    assert!(dicom.data().iter().any(|&v| (-100.0..100.0).contains(&v)));
+    // The series is labelled with the phantom's seed.
+    let first = std::fs::read(&dicom_files(&dir)[0]).unwrap();
+    let id = b"telecho-phantom-5";
+    assert!(first.windows(id.len()).any(|w| w == id), "patient ID");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

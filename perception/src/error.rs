@@ -55,4 +55,88 @@ pub(crate) enum ErrorKind {
     },
     #[error("cannot write NIfTI file {}: {reason}", path.display())]
     NiftiUnwritable { path: PathBuf, reason: String },
+    #[error("cannot read {}: {source}", path.display())]
+    DicomIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a readable DICOM file: {reason}", path.display())]
+    NotDicom { path: PathBuf, reason: String },
+    #[error("DICOM file {}: required attribute {tag} is missing or empty", path.display())]
+    DicomMissingTag { path: PathBuf, tag: String },
+    #[error("DICOM file {}: attribute {tag} {problem}", path.display())]
+    DicomBadTag {
+        path: PathBuf,
+        tag: String,
+        problem: String,
+    },
+    #[error(
+        "DICOM file {}: transfer syntax {uid} ({name}) is not supported; only the native \
+         little-endian ones are: Implicit VR Little Endian (1.2.840.10008.1.2) and Explicit VR \
+         Little Endian (1.2.840.10008.1.2.1)",
+        path.display()
+    )]
+    DicomTransferSyntax {
+        path: PathBuf,
+        uid: String,
+        name: &'static str,
+    },
+    #[error("DICOM file {}: {what} is not supported", path.display())]
+    DicomUnsupported { path: PathBuf, what: String },
+    #[error(
+        "DICOM file {}: pixel data has {found} bytes but {rows} rows × {columns} columns × \
+         {bits} bits need {expected}",
+        path.display()
+    )]
+    DicomPixelLength {
+        path: PathBuf,
+        rows: u16,
+        columns: u16,
+        bits: u16,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
+        "inconsistent DICOM slice geometry: {} differs from {}: {reason}",
+        path.display(),
+        reference.display()
+    )]
+    DicomGeometry {
+        path: PathBuf,
+        reference: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "DICOM slice spacing is not uniform: {gap_mm:.4} mm between {} and {}, but \
+         {expected_mm:.4} mm between the other slices (a missing or extra slice?)",
+        a.display(),
+        b.display()
+    )]
+    DicomSpacing {
+        a: PathBuf,
+        b: PathBuf,
+        gap_mm: f64,
+        expected_mm: f64,
+    },
+    #[error(
+        "DICOM slices {} and {} lie at the same position along the slice normal ({position_mm:.4} mm)",
+        a.display(),
+        b.display()
+    )]
+    DicomDuplicate {
+        a: PathBuf,
+        b: PathBuf,
+        position_mm: f64,
+    },
+    #[error(
+        "{} holds {} DICOM series (Series Instance UIDs: {}); put each series in its own directory",
+        dir.display(),
+        series.len(),
+        series.join(", ")
+    )]
+    DicomMultipleSeries { dir: PathBuf, series: Vec<String> },
+    #[error("no DICOM series in {}: {reason}", dir.display())]
+    DicomEmpty { dir: PathBuf, reason: String },
+    #[error("cannot write DICOM series to {}: {reason}", path.display())]
+    DicomUnwritable { path: PathBuf, reason: String },
 }

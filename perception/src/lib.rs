@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 
-mod error;
 pub mod dicom;
+mod error;
 pub mod io;
 pub mod volume;
 
