@@ -6,7 +6,8 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use telecho_perception::dicom::{write_dicom_series, SeriesInfo};
-use telecho_sim::{simulate_cbct, CbctParams, Phantom};
+use telecho_sim::gazebo::{export_gazebo as export_gazebo_files, GazeboExport};
+use telecho_sim::{simulate_cbct, CbctParams, Phantom, SimWorld, UrdfSource, WorldConfig};
 
 use crate::cli_error::CliError;
 use crate::CliResult;
@@ -16,6 +17,41 @@ pub(crate) enum SimCommand {
     /// Write the patient of a seed: DIR/ct.nii.gz (CBCT, RAS, HU), the same CBCT as a DICOM CT
     /// series in DIR/dicom/ (one file per slice) and DIR/landmarks.json (ct frame, m).
     Phantom(PhantomArgs),
+    /// Write the arm + probe URDF with <gazebo>/<ros2_control> tags, an SDF world with the table and
+    /// the patient of a seed, the controller configuration and a ROS 2 launch file into DIR.
+    ExportGazebo(ExportGazeboArgs),
+}
+
+/// Arms bundled with telecho.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Arm {
+    /// UR5e-class 6-DoF arm (`urdf/ur5e_probe.urdf`).
+    Ur5e,
+    /// Franka-Panda-class 7-DoF arm (`urdf/panda_probe.urdf`).
+    Panda,
+}
+
+impl Arm {
+    /// (robot name, URDF text).
+    pub(crate) fn bundled(self) -> (&'static str, &'static str) {
+        match self {
+            Arm::Ur5e => crate::demo::BUNDLED_ARMS[0],
+            Arm::Panda => crate::demo::BUNDLED_ARMS[1],
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportGazeboArgs {
+    /// Output folder (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Which bundled arm.
+    #[arg(long, value_enum, default_value_t = Arm::Ur5e)]
+    arm: Arm,
+    /// Simulation seed: the patient (anatomy and pose on the table) of `telecho scan --sim-seed N`.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +81,7 @@ struct LandmarksFile<'a> {
 pub(crate) fn run(cmd: &SimCommand) -> CliResult {
     match cmd {
         SimCommand::Phantom(args) => phantom(args),
+        SimCommand::ExportGazebo(args) => export_gazebo(args),
     }
 }
 
@@ -103,6 +140,38 @@ fn phantom(args: &PhantomArgs) -> CliResult {
         slices.len(),
         path.display(),
         landmarks.len()
+    );
+    Ok(())
+}
+
+/// The simulated world of a seed for an arm: patient anatomy and placement as `telecho scan
+/// --sim-seed N` uses them.
+pub(crate) fn world_config(arm: Arm, seed: u64) -> WorldConfig {
+    let (_, xml) = arm.bundled();
+    WorldConfig {
+        seed,
+        phantom_seed: seed,
+        ..WorldConfig::with_urdf(UrdfSource::Xml(xml.to_owned()))
+    }
+}
+
+fn export_gazebo(args: &ExportGazeboArgs) -> CliResult {
+    let (name, xml) = args.arm.bundled();
+    let world = SimWorld::new(&world_config(args.arm, args.seed)).map_err(CliError::failed)?;
+    let truth = world.ground_truth();
+    let spec = GazeboExport {
+        initial_q: Some(world.arm().true_q().to_vec()),
+        ..GazeboExport::new(name, xml, world.phantom(), truth.t_base_ct)
+    };
+    let files = export_gazebo_files(&args.out, &spec).map_err(CliError::failed)?;
+    eprintln!(
+        "wrote {}, {}, {}, {} and {}; launch steps in {}",
+        files.urdf.display(),
+        files.world.display(),
+        files.patient_mesh.display(),
+        files.controllers.display(),
+        files.launch.display(),
+        files.readme.display()
     );
     Ok(())
 }

@@ -165,3 +165,50 @@ fn phantom_refuses_bad_voxel_size_before_writing() {
     }
     assert!(!dir.exists(), "nothing written on bad input");
 }
+
+#[test]
+fn export_gazebo_writes_the_scene_of_a_seed() {
+    let dir = std::env::temp_dir().join(format!("telecho-cli-gazebo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args([
+            "sim",
+            "export-gazebo",
+            "--arm",
+            "panda",
+            "--seed",
+            "3",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let urdf = std::fs::read_to_string(dir.join("urdf/panda_probe.urdf")).unwrap();
+    assert!(urdf.contains("<ros2_control") && urdf.contains("gz_ros2_control-system"));
+    // Seven joints, each starting at the hover pose the simulator starts from (not all zero).
+    assert_eq!(urdf.matches("name=\"initial_value\"").count(), 7);
+    assert!(!urdf.contains("\"initial_value\">0.000000<"));
+    let world = std::fs::read_to_string(dir.join("worlds/telecho_spine.sdf")).unwrap();
+    assert!(world.contains("<model name=\"patient\">"));
+    assert!(dir.join("meshes/patient_skin.stl").is_file());
+    assert!(dir.join("launch/telecho_gazebo.launch.py").is_file());
+    // An unknown arm is bad input: exit 2, nothing written.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args([
+            "sim",
+            "export-gazebo",
+            "--arm",
+            "kuka",
+            "--out",
+            "/tmp/telecho-never",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(!std::path::Path::new("/tmp/telecho-never").exists());
+}

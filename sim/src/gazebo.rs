@@ -396,6 +396,8 @@ impl Mesh {
     }
 }
 
+/// Height of the patient table, m (a typical examination couch top is 0.6–0.8 m above the floor).
+const TABLE_HEIGHT_M: f64 = 0.70;
 /// Lateral half-width of the patient mesh (m): the back is about 36 cm wide.
 const PATIENT_HALF_WIDTH: f64 = 0.18;
 /// Cranio-caudal margin of the mesh beyond the lumbar spine (m).
@@ -485,12 +487,37 @@ fn pose_str(t: &Transform) -> String {
 fn world_sdf(spec: &GazeboExport<'_>, mesh: &Mesh) -> String {
     let (lo, hi) = mesh.bounds_in(&spec.t_base_ct);
     // Table: a horizontal box whose top touches the patient's lowest point, 5 cm wider than the
-    // patient's footprint on every side, standing on the floor (z = table top − its height).
+    // patient's footprint on every side, standing on the floor TABLE_HEIGHT_M below its top. The
+    // robot base (the world origin) stands on a pedestal from the floor when it is above it.
     let top = lo.z;
-    let height = top.max(0.05);
+    let height = TABLE_HEIGHT_M;
+    let floor = top - height;
     let (cx, cy) = (0.5 * (lo.x + hi.x), 0.5 * (lo.y + hi.y));
     let (sx, sy) = (hi.x - lo.x + 0.10, hi.y - lo.y + 0.10);
     let table_pose = format!("{cx:.6} {cy:.6} {:.6} 0 0 0", top - 0.5 * height);
+    let ground_pose = format!("0 0 {floor:.6} 0 0 0");
+    let pedestal = if floor < -0.01 {
+        let h = -floor;
+        format!(
+            r#"
+    <model name="robot_pedestal">
+      <static>true</static>
+      <pose>0 0 {:.6} 0 0 0</pose>
+      <link name="pedestal_link">
+        <collision name="pedestal_collision">
+          <geometry><box><size>0.3 0.3 {h:.6}</size></box></geometry>
+        </collision>
+        <visual name="pedestal_visual">
+          <geometry><box><size>0.3 0.3 {h:.6}</size></box></geometry>
+          <material><ambient>0.2 0.2 0.2 1</ambient><diffuse>0.2 0.2 0.2 1</diffuse></material>
+        </visual>
+      </link>
+    </model>"#,
+            -0.5 * h
+        )
+    } else {
+        String::new()
+    };
     let patient_pose = pose_str(&spec.t_base_ct);
     let kp = spec.tissue_stiffness_n_per_m;
     let mut s = String::new();
@@ -521,6 +548,7 @@ fn world_sdf(spec: &GazeboExport<'_>, mesh: &Mesh) -> String {
     </light>
     <model name="ground_plane">
       <static>true</static>
+      <pose>{ground_pose}</pose>
       <link name="link">
         <collision name="collision">
           <geometry><plane><normal>0 0 1</normal><size>20 20</size></plane></geometry>
@@ -531,6 +559,7 @@ fn world_sdf(spec: &GazeboExport<'_>, mesh: &Mesh) -> String {
         </visual>
       </link>
     </model>
+{pedestal}
     <model name="patient_table">
       <static>true</static>
       <pose>{table_pose}</pose>

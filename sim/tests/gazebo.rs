@@ -21,8 +21,8 @@ fn out_dir(name: &str) -> PathBuf {
 }
 
 fn placement() -> Transform {
-    // Patient 0.5 m in front of the base, back up (ct −y → +z base), head toward +x base.
-    Transform::from_xyz_rpy([0.5, 0.1, 0.25], [std::f64::consts::FRAC_PI_2, 0.0, 0.3]).unwrap()
+    // The simulator's seeded patient placement (back up, in reach of the arm).
+    telecho_sim::PatientPlacement::default().sample(7)
 }
 
 fn export(name: &str, urdf: &str, robot: &str, phantom: &Phantom) -> (PathBuf, ExportedFiles) {
@@ -171,7 +171,7 @@ fn check_world(files: &ExportedFiles, phantom: &Phantom) {
         .filter(|n| n.has_tag_name("model"))
         .map(|n| (n.attribute("name").unwrap(), n))
         .collect();
-    for m in ["ground_plane", "patient_table", "patient"] {
+    for m in ["ground_plane", "patient_table", "patient", "robot_pedestal"] {
         assert!(models.contains_key(m), "model {m}");
     }
     // Every mesh URI resolves, relative to the SDF file, to an STL that exists.
@@ -226,6 +226,27 @@ fn check_world(files: &ExportedFiles, phantom: &Phantom) {
         "table top {table_top} vs patient {}",
         lo.z
     );
+    // The table stands on the floor (the ground plane), and a robot base above the floor stands
+    // on a pedestal reaching up to the base (the world origin).
+    let table_bottom = pose("patient_table").translation.z - 0.5 * size[2];
+    let floor = pose("ground_plane").translation.z;
+    assert!(
+        (table_bottom - floor).abs() < 1e-5,
+        "table bottom {table_bottom} vs floor {floor}"
+    );
+    assert!(floor < hi.z, "floor below the patient");
+    if floor < -0.01 {
+        let ped = pose("robot_pedestal").translation.z;
+        let h: f64 = models["robot_pedestal"]
+            .descendants()
+            .find(|n| n.has_tag_name("size"))
+            .and_then(|n| n.text())
+            .and_then(|t| t.split_whitespace().nth(2))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((ped + 0.5 * h).abs() < 1e-5 && (ped - 0.5 * h - floor).abs() < 1e-5);
+    }
     let table_xy = pose("patient_table").translation;
     assert!(table_xy.x - 0.5 * size[0] < lo.x && table_xy.x + 0.5 * size[0] > hi.x);
 }
