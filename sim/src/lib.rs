@@ -17,6 +17,7 @@ pub use error::Error;
 pub use ft_sensor::{FtFault, FtReading, FtSensor, FtSensorParams, Payload, Wrench};
 pub use phantom::{Landmark, Phantom, PhantomParams, Tissue};
 pub use robot::{JointCommand, ServoArm, ServoMode, ServoParams};
+pub use ultrasound::{LandmarkPixel, UltrasoundSim, UsFrame, UsParams};
 pub use world::{
     GroundTruth, InitialPose, Observation, PatientPlacement, SimWorld, UrdfSource, WorldConfig,
 };
