@@ -16,6 +16,17 @@ pub(crate) enum ErrorKind {
         line: usize,
         message: String,
     },
+    #[error("configuration: {what} = {value} is outside [{min}, {max}]")]
+    Config {
+        what: &'static str,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    #[error("link `{link}`: {what}")]
+    Model { link: String, what: String },
+    #[error("scan protocol cannot run: {0}")]
+    Executor(String),
     #[error("cannot read URDF: {0}")]
     Urdf(String),
     #[error("link `{0}` is not in the URDF")]
@@ -71,6 +82,16 @@ impl Error {
     /// True when the caller passed a wrong number of joint values.
     pub fn is_joint_count(&self) -> bool {
         matches!(self.0, ErrorKind::JointCount { .. })
+    }
+
+    /// True when a configuration value was out of range (e.g. a force limit above 25 N).
+    pub fn is_config(&self) -> bool {
+        matches!(self.0, ErrorKind::Config { .. })
+    }
+
+    /// True when a scan protocol was refused by the executor.
+    pub fn is_executor(&self) -> bool {
+        matches!(self.0, ErrorKind::Executor(_))
     }
 
     /// True when an input value was NaN or infinite.

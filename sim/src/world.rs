@@ -380,7 +380,7 @@ impl SimWorld {
             .into());
         }
         let t_sensor_tip = tip_from_sensor.fk_unchecked(&[]);
-        let payload = Payload::from_robot(&robot, &config.sensor_link)?;
+        let payload = Payload::from_robot(&robot, &config.sensor_link).map_err(ErrorKind::from)?;
         let phantom = Phantom::with_params(config.phantom_seed, &config.phantom)?;
         let contact = ContactModel::new(config.contact)?;
 
@@ -504,6 +504,13 @@ impl SimWorld {
     /// The load below the F/T sensor, from the URDF.
     pub fn payload(&self) -> &Payload {
         &self.payload
+    }
+
+    /// Replaces the tissue contact settings from the next step on (a sudden stiffness change, for
+    /// robustness tests). Invalid settings are refused and the old ones kept.
+    pub fn set_contact_params(&mut self, params: ContactParams) -> Result<(), Error> {
+        self.contact = ContactModel::new(params)?;
+        Ok(())
     }
 
     /// Injects (`Some`) or clears (`None`) an F/T sensor fault from the next sample on.
