@@ -5,11 +5,15 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use telecho_core::Transform;
 use telecho_perception::dicom::{write_dicom_series, SeriesInfo};
 use telecho_sim::gazebo::{export_gazebo as export_gazebo_files, GazeboExport};
-use telecho_sim::{simulate_cbct, CbctParams, Phantom, SimWorld, UrdfSource, WorldConfig};
+use telecho_sim::{
+    simulate_cbct, CbctParams, Phantom, SimWorld, UltrasoundSim, UrdfSource, UsParams, WorldConfig,
+};
 
 use crate::cli_error::CliError;
+use crate::kin::parse_values;
 use crate::CliResult;
 
 #[derive(Debug, Subcommand)]
@@ -20,6 +24,26 @@ pub(crate) enum SimCommand {
     /// Write the arm + probe URDF with <gazebo>/<ros2_control> tags, an SDF world with the table and
     /// the patient of a seed, the controller configuration and a ROS 2 launch file into DIR.
     ExportGazebo(ExportGazeboArgs),
+    /// Simulate one ultrasound frame of the patient of a seed with the probe at a pose in the ct
+    /// frame; writes a grayscale PNG and prints its ground truth as one JSON object.
+    Us(UsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UsArgs {
+    /// Patient seed (anatomy as `sim phantom --seed N`; also seeds the speckle).
+    #[arg(long)]
+    seed: u64,
+    /// Probe tip (centre of the probe face) in the ct frame, metres: x,y,z.
+    #[arg(long, allow_hyphen_values = true)]
+    probe_xyz: String,
+    /// Probe orientation in the ct frame, roll,pitch,yaw in radians (R = Rz·Ry·Rx); the probe's
+    /// +z is the beam direction, +x the transducer array.
+    #[arg(long, allow_hyphen_values = true)]
+    probe_rpy: String,
+    /// Output PNG (8-bit grayscale; rows = depth).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Arms bundled with telecho.
@@ -82,6 +106,7 @@ pub(crate) fn run(cmd: &SimCommand) -> CliResult {
     match cmd {
         SimCommand::Phantom(args) => phantom(args),
         SimCommand::ExportGazebo(args) => export_gazebo(args),
+        SimCommand::Us(args) => ultrasound(args),
     }
 }
 
@@ -173,5 +198,90 @@ fn export_gazebo(args: &ExportGazeboArgs) -> CliResult {
         files.launch.display(),
         files.readme.display()
     );
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct LandmarkPixelOut<'a> {
+    name: &'a str,
+    row: f64,
+    col: f64,
+    distance_to_plane_m: f64,
+    shadowed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct UsFrameOut<'a> {
+    out: String,
+    width: usize,
+    height: usize,
+    lateral_spacing_m: f64,
+    axial_spacing_m: f64,
+    contact: bool,
+    contact_fraction: f64,
+    mean_indentation_m: f64,
+    bone_pixels: usize,
+    landmarks: Vec<LandmarkPixelOut<'a>>,
+}
+
+fn ultrasound(args: &UsArgs) -> CliResult {
+    let xyz = parse_values("--probe-xyz", &args.probe_xyz, Some(3))?;
+    let rpy = parse_values("--probe-rpy", &args.probe_rpy, Some(3))?;
+    let t_ct_probe = Transform::from_xyz_rpy([xyz[0], xyz[1], xyz[2]], [rpy[0], rpy[1], rpy[2]])
+        .map_err(CliError::input)?;
+    let phantom = Phantom::generate(args.seed);
+    let mut sim =
+        UltrasoundSim::new(phantom, UsParams::default(), args.seed).map_err(CliError::input)?;
+    let frame = sim.render_new(&t_ct_probe).map_err(CliError::input)?;
+    write_png(&args.out, &frame).map_err(CliError::failed)?;
+    let summary = UsFrameOut {
+        out: args.out.display().to_string(),
+        width: frame.width,
+        height: frame.height,
+        lateral_spacing_m: frame.lateral_spacing_m,
+        axial_spacing_m: frame.axial_spacing_m,
+        contact: frame.contact,
+        contact_fraction: frame.contact_fraction,
+        mean_indentation_m: frame.mean_indentation_m,
+        bone_pixels: frame.bone_mask.iter().filter(|&&m| m != 0).count(),
+        landmarks: frame
+            .landmarks
+            .iter()
+            .map(|l| LandmarkPixelOut {
+                name: sim.landmark_name(l.index).unwrap_or("?"),
+                row: l.row,
+                col: l.col,
+                distance_to_plane_m: l.distance_to_plane_m,
+                shadowed: l.shadowed,
+            })
+            .collect(),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(CliError::failed)?
+    );
+    Ok(())
+}
+
+/// 8-bit grayscale PNG, no timestamps or other ancillary chunks, so equal frames give equal files.
+fn write_png(path: &std::path::Path, frame: &telecho_sim::UsFrame) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut enc = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        frame.width as u32,
+        frame.height as u32,
+    );
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc
+        .write_header()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer
+        .write_image_data(&frame.pixels)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer
+        .finish()
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

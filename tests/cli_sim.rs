@@ -212,3 +212,118 @@ fn export_gazebo_writes_the_scene_of_a_seed() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(!std::path::Path::new("/tmp/telecho-never").exists());
 }
+
+fn us_frame(
+    seed: &str,
+    xyz: &str,
+    rpy: &str,
+    out: &std::path::Path,
+) -> (Vec<u8>, serde_json::Value) {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args([
+            "sim",
+            "us",
+            "--seed",
+            seed,
+            "--probe-xyz",
+            xyz,
+            "--probe-rpy",
+            rpy,
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(out).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (256, 256));
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    buf.truncate(info.buffer_size());
+    (buf, json)
+}
+
+/// `sim us`: a transverse frame over L3's spinous process, 2.5 mm into the skin of seed 7.
+#[test]
+fn us_frame_over_the_spinous_process() {
+    let dir = std::env::temp_dir().join(format!("telecho-cli-us-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Beam along +y (anterior): roll −π/2 maps the probe's +z to ct +y.
+    let (xyz, rpy) = ("0,-0.1,-0.0108", "-1.5707963267948966,0,0");
+    let (a, json) = us_frame("7", xyz, rpy, &dir.join("a.png"));
+    let (b, _) = us_frame("7", xyz, rpy, &dir.join("b.png"));
+    assert_eq!(
+        std::fs::read(dir.join("a.png")).unwrap(),
+        std::fs::read(dir.join("b.png")).unwrap(),
+        "same seed and pose, byte-identical PNG"
+    );
+    assert_eq!(a, b);
+    assert_eq!(json["contact"], true);
+    assert!(json["bone_pixels"].as_u64().unwrap() > 50);
+    // The spinous tip is in the image plane; its row is its depth below the probe face.
+    let tip = json["landmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "L3_spinous_tip")
+        .expect("L3_spinous_tip in view")
+        .clone();
+    // The same patient through the library: the landmark's depth below the probe face.
+    let y = telecho_sim::Phantom::generate(7)
+        .landmarks()
+        .into_iter()
+        .find(|l| l.name == "L3_spinous_tip")
+        .unwrap()
+        .xyz[1];
+    let depth = y - (-0.1);
+    let dz = json["axial_spacing_m"].as_f64().unwrap();
+    let row = tip["row"].as_f64().unwrap();
+    assert!(
+        (row - (depth / dz - 0.5)).abs() < 1.0,
+        "row {row} vs depth {depth} m"
+    );
+    // Bright echo at the tip, dark shadow below it in the centre column.
+    let col = |r: usize| a[r * 256 + 128] as f64;
+    let r0 = row.round() as usize;
+    let echo = (r0.saturating_sub(3)..r0 + 4).map(col).fold(0.0, f64::max);
+    let shadow = (r0 + 15..r0 + 40).map(col).sum::<f64>() / 25.0;
+    assert!(
+        echo > 150.0 && shadow < 40.0,
+        "echo {echo}, shadow {shadow}"
+    );
+
+    // In the air 20 mm behind the skin: no contact, (nearly) black image.
+    let (air, json) = us_frame("7", "0,-0.12,-0.0108", rpy, &dir.join("air.png"));
+    assert_eq!(json["contact"], false);
+    let mean = air.iter().map(|&v| v as f64).sum::<f64>() / air.len() as f64;
+    assert!(mean < 10.0, "mean {mean}");
+}
+
+#[test]
+fn us_bad_input_exits_2() {
+    for (xyz, rpy) in [("0,0", "0,0,0"), ("0,0,nan", "0,0,0"), ("0,0,0", "0,x,0")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_telecho"))
+            .args([
+                "sim",
+                "us",
+                "--seed",
+                "1",
+                "--probe-xyz",
+                xyz,
+                "--probe-rpy",
+                rpy,
+            ])
+            .args(["--out", "/tmp/telecho-never.png"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{xyz} {rpy}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    }
+}
