@@ -79,7 +79,7 @@
 use nalgebra::{Matrix3, Matrix6, Matrix6xX, Vector3, Vector6};
 use telecho_core::{rotation_log, Transform};
 
-use crate::error::ErrorKind;
+use crate::error::{check_config as check, ErrorKind};
 use crate::ft_compensation::{FtCompensator, FtSample};
 use crate::kinematics::Chain;
 use crate::payload::Payload;
@@ -208,20 +208,6 @@ impl Default for ControllerConfig {
             angular_weight_m: 0.2,
             null_space_gain_per_s: 1.0,
         }
-    }
-}
-
-fn check(what: &'static str, value: f64, min: f64, max: f64) -> Result<(), Error> {
-    if value.is_finite() && value >= min && value <= max {
-        Ok(())
-    } else {
-        Err(ErrorKind::Config {
-            what,
-            value,
-            min,
-            max,
-        }
-        .into())
     }
 }
 

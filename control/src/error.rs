@@ -107,3 +107,23 @@ fn protocol_message(origin: &str, line: usize, message: &str) -> String {
         format!("scan protocol {origin}, line {line}: {message}")
     }
 }
+
+/// Checks that a configuration value is finite and within `[min, max]`, naming it in the error.
+pub(crate) fn check_config(
+    what: &'static str,
+    value: f64,
+    min: f64,
+    max: f64,
+) -> Result<(), Error> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ErrorKind::Config {
+            what,
+            value,
+            min,
+            max,
+        }
+        .into())
+    }
+}

@@ -33,7 +33,7 @@
 
 use nalgebra::{Matrix6xX, Vector3};
 
-use crate::error::ErrorKind;
+use crate::error::check_config as check;
 use crate::ft_compensation::FtSample;
 use crate::kinematics::JointLimits;
 use crate::payload::Wrench;
@@ -128,20 +128,6 @@ impl Default for SafetyConfig {
             fault_backoff_speed_m_s: 0.01,
             max_tracking_error_rad: 0.1,
         }
-    }
-}
-
-fn check(what: &'static str, value: f64, min: f64, max: f64) -> Result<(), Error> {
-    if value.is_finite() && value >= min && value <= max {
-        Ok(())
-    } else {
-        Err(ErrorKind::Config {
-            what,
-            value,
-            min,
-            max,
-        }
-        .into())
     }
 }
 

@@ -4,43 +4,17 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use common::*;
 use nalgebra::Vector3;
 use telecho_control::{ControlInput, ExecutorConfig, ProbeTarget, ScanExecutor, ScanProtocol};
 use telecho_core::Transform;
 use telecho_sim::{FtFault, JointCommand};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: telecho_core::alloc_count::CountingAllocator =
+    telecho_core::alloc_count::CountingAllocator;
 
-fn allocations() -> usize {
-    ALLOCS.with(|c| c.get())
-}
+use telecho_core::alloc_count::allocations;
 
 #[test]
 fn controller_step_and_executor_update_do_not_allocate() {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod alloc_count;
 mod error;
 pub mod frames;
 pub mod peers;

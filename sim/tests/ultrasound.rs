@@ -1,8 +1,6 @@
 //! Ultrasound simulator: echo geometry against an independent fine march through the phantom,
 //! acoustic shadow, coupling, attenuation, landmarks, determinism and input validation.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 
 use nalgebra::{Matrix3, Vector3};
@@ -10,32 +8,9 @@ use telecho_core::Transform;
 use telecho_sim::phantom::Phantom;
 use telecho_sim::ultrasound::{UltrasoundSim, UsFrame, UsParams};
 
-/// Counts the allocations of the current thread while `COUNTING` is set.
-struct CountingAlloc;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only touches const-initialised thread-locals.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: telecho_core::alloc_count::CountingAllocator =
+    telecho_core::alloc_count::CountingAllocator;
 
 /// Phantoms whose L3 spinous tip is 21–26 mm deep, so the laminae and transverse processes are
 /// within the default 70 mm.
@@ -734,13 +709,12 @@ fn render_does_not_allocate() {
         pose(&ph, 0.08, tip.z, 0.0005, sagittal()),
         pose(&ph, tip.x, tip.z, -0.01, transverse()),
     ];
-    ALLOCATIONS.with(|a| a.set(0));
-    COUNTING.with(|c| c.set(true));
-    for t in &poses {
-        us.render(t, &mut frame).unwrap();
-    }
-    COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.with(Cell::get), 0);
+    let allocations = telecho_core::alloc_count::allocations_during(|| {
+        for t in &poses {
+            us.render(t, &mut frame).unwrap();
+        }
+    });
+    assert_eq!(allocations, 0);
     assert!(!frame.contact);
 }
 

@@ -1,9 +1,6 @@
 //! The whole scene: placement, contact force at the sensor, breathing, saturation, faults,
 //! determinism and allocation-free stepping.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use nalgebra::{Matrix3, Vector3};
 use telecho_control::{Chain, IkConfig, IkSolver};
 use telecho_core::{rotation_log, Transform};
@@ -16,32 +13,11 @@ use telecho_sim::{
 
 // ---- allocation counter (per thread, so parallel tests do not disturb each other) ----
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: telecho_core::alloc_count::CountingAllocator =
+    telecho_core::alloc_count::CountingAllocator;
 
-fn allocations() -> u64 {
-    ALLOCATIONS.with(|c| c.get())
-}
+use telecho_core::alloc_count::allocations;
 
 // ---- helpers ----
 
