@@ -139,4 +139,19 @@ pub(crate) enum ErrorKind {
     DicomEmpty { dir: PathBuf, reason: String },
     #[error("cannot write DICOM series to {}: {reason}", path.display())]
     DicomUnwritable { path: PathBuf, reason: String },
+    #[error("volume of size {dims:?} is too small: at least 3 voxels per axis are needed")]
+    EmptyVolume { dims: [usize; 3] },
+    #[error("no bone surface facing the probe found at or above {threshold_hu} HU")]
+    NoBone { threshold_hu: f32 },
+    #[error("{what} is out of range: {value}")]
+    BadParam { what: &'static str, value: f64 },
+    #[error(
+        "ultrasound frame of {width} × {height} pixels does not match its {len} pixel values \
+         (need width ≥ 1, height ≥ 3)"
+    )]
+    BadFrame {
+        width: usize,
+        height: usize,
+        len: usize,
+    },
 }
