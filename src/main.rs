@@ -2,9 +2,11 @@
 //!
 //! The binary stays thin: it parses arguments, loads files and calls the libraries.
 
+mod bench;
 mod cli_error;
 mod demo;
 mod kin;
+mod scan;
 mod sim;
 
 use std::process::ExitCode;
@@ -37,6 +39,16 @@ enum Command {
         #[command(subcommand)]
         command: sim::SimCommand,
     },
+    /// Run a scan protocol on the simulated patient of a seed: prints a summary (one JSON object
+    /// with --json) and writes the patient's CBCT, the tracked ultrasound sweep and the
+    /// evaluator's ground truth into DIR. Exit code 1 when the scan does not complete.
+    Scan(scan::ScanArgs),
+    /// Benchmarks of the control node: force control over many seeded scans, real-time loop
+    /// timing.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +67,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Kin { command } => kin::run(&command),
         Command::Sim { command } => sim::run(&command),
+        Command::Scan(args) => scan::run(&args),
+        Command::Bench { command } => bench::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

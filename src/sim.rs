@@ -111,62 +111,114 @@ pub(crate) fn run(cmd: &SimCommand) -> CliResult {
 }
 
 fn phantom(args: &PhantomArgs) -> CliResult {
-    if !args.voxel_mm.is_finite() {
-        return Err(CliError::input(anyhow!(
-            "--voxel-mm must be a finite number"
-        )));
-    }
-    let params = CbctParams {
-        voxel_m: args.voxel_mm / 1000.0,
-        ..CbctParams::default()
-    };
-    let phantom = Phantom::generate(args.seed);
-    // Settings are checked before anything is written.
-    let volume = simulate_cbct(&phantom, &params, args.seed).map_err(CliError::input)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))
-        .map_err(CliError::input)?;
-    let ct = args.out.join("ct.nii.gz");
-    telecho_perception::io::write_nifti(&ct, &volume).map_err(CliError::failed)?;
-    let dicom_dir = args.out.join("dicom");
-    let info = SeriesInfo {
-        patient_name: format!("TELECHO^PHANTOM {}", args.seed),
-        patient_id: format!("telecho-phantom-{}", args.seed),
-        study_description: "telecho simulated patient".to_owned(),
-        series_description: format!("simulated CBCT {} mm", args.voxel_mm),
-        uid_seed: args.seed,
-        ..SeriesInfo::default()
-    };
-    let slices = write_dicom_series(&dicom_dir, &volume, &info).map_err(CliError::failed)?;
-    let landmarks = phantom.landmarks();
-    let file = LandmarksFile {
-        landmarks: landmarks
-            .iter()
-            .map(|l| LandmarkOut {
-                name: &l.name,
-                xyz: l.xyz,
-            })
-            .collect(),
-    };
-    let json = serde_json::to_string_pretty(&file).map_err(CliError::failed)?;
-    let path = args.out.join("landmarks.json");
-    std::fs::write(&path, json + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))
-        .map_err(CliError::failed)?;
-    let d = volume.dims();
+    let ct = PatientCt::simulate(args.seed, args.voxel_mm)?;
+    let files = ct.write(&args.out)?;
+    let d = ct.volume.dims();
     eprintln!(
         "wrote {} ({}×{}×{} voxels of {} mm), {} ({} DICOM slices) and {} ({} landmarks)",
-        ct.display(),
+        files.ct.display(),
         d[0],
         d[1],
         d[2],
         args.voxel_mm,
-        dicom_dir.display(),
-        slices.len(),
-        path.display(),
-        landmarks.len()
+        files.dicom_dir.display(),
+        files.dicom_slices,
+        files.landmarks.display(),
+        files.landmark_count
     );
     Ok(())
+}
+
+/// The patient of a seed with its simulated CBCT, ready to be written (`telecho sim phantom`,
+/// `telecho scan`).
+#[derive(Debug)]
+pub(crate) struct PatientCt {
+    seed: u64,
+    voxel_mm: f64,
+    phantom: Phantom,
+    volume: telecho_perception::volume::Volume,
+}
+
+/// Where [`PatientCt::write`] put the files.
+#[derive(Debug)]
+pub(crate) struct PatientFiles {
+    /// `ct.nii.gz`.
+    pub(crate) ct: PathBuf,
+    /// `dicom/`.
+    pub(crate) dicom_dir: PathBuf,
+    /// Number of DICOM slice files.
+    pub(crate) dicom_slices: usize,
+    /// `landmarks.json`.
+    pub(crate) landmarks: PathBuf,
+    /// Number of landmarks.
+    pub(crate) landmark_count: usize,
+}
+
+impl PatientCt {
+    /// Generates the phantom of `seed` and its CBCT with `voxel_mm` voxels. Bad settings are
+    /// refused (exit code 2) before anything is written.
+    pub(crate) fn simulate(seed: u64, voxel_mm: f64) -> Result<Self, CliError> {
+        if !voxel_mm.is_finite() {
+            return Err(CliError::input(anyhow!(
+                "--voxel-mm must be a finite number"
+            )));
+        }
+        let params = CbctParams {
+            voxel_m: voxel_mm / 1000.0,
+            ..CbctParams::default()
+        };
+        let phantom = Phantom::generate(seed);
+        let volume = simulate_cbct(&phantom, &params, seed).map_err(CliError::input)?;
+        Ok(Self {
+            seed,
+            voxel_mm,
+            phantom,
+            volume,
+        })
+    }
+
+    /// Writes `out/ct.nii.gz`, the DICOM series `out/dicom/` and `out/landmarks.json` (creating
+    /// `out`); the same seed and voxel size give byte-identical files.
+    pub(crate) fn write(&self, out: &std::path::Path) -> Result<PatientFiles, CliError> {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create {}", out.display()))
+            .map_err(CliError::input)?;
+        let ct = out.join("ct.nii.gz");
+        telecho_perception::io::write_nifti(&ct, &self.volume).map_err(CliError::failed)?;
+        let dicom_dir = out.join("dicom");
+        let info = SeriesInfo {
+            patient_name: format!("TELECHO^PHANTOM {}", self.seed),
+            patient_id: format!("telecho-phantom-{}", self.seed),
+            study_description: "telecho simulated patient".to_owned(),
+            series_description: format!("simulated CBCT {} mm", self.voxel_mm),
+            uid_seed: self.seed,
+            ..SeriesInfo::default()
+        };
+        let slices =
+            write_dicom_series(&dicom_dir, &self.volume, &info).map_err(CliError::failed)?;
+        let landmarks = self.phantom.landmarks();
+        let file = LandmarksFile {
+            landmarks: landmarks
+                .iter()
+                .map(|l| LandmarkOut {
+                    name: &l.name,
+                    xyz: l.xyz,
+                })
+                .collect(),
+        };
+        let json = serde_json::to_string_pretty(&file).map_err(CliError::failed)?;
+        let path = out.join("landmarks.json");
+        std::fs::write(&path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(CliError::failed)?;
+        Ok(PatientFiles {
+            ct,
+            dicom_dir,
+            dicom_slices: slices.len(),
+            landmarks: path,
+            landmark_count: landmarks.len(),
+        })
+    }
 }
 
 /// The simulated world of a seed for an arm: patient anatomy and placement as `telecho scan

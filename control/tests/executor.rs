@@ -24,9 +24,8 @@ fn world_for_seed(seed: u64) -> (SimWorld, f64) {
     let mut c = WorldConfig::ur5e();
     c.seed = seed;
     c.phantom_seed = seed;
-    // Stiffness drawn over the range from the seed.
-    let k =
-        0.5 + 4.5 * ((seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64);
+    // Stiffness drawn over the range from the seed (as `telecho scan` draws it).
+    let k = telecho_sim::plant::seeded_stiffness_n_per_mm(seed);
     c.contact = ContactParams {
         stiffness_n_per_mm: k,
         ..ContactParams::default()

@@ -7,6 +7,7 @@ pub mod ft_sensor;
 pub mod gazebo;
 pub mod noise;
 pub mod phantom;
+pub mod plant;
 pub mod robot;
 pub mod ultrasound;
 pub mod world;

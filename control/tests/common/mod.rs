@@ -246,13 +246,5 @@ impl telecho_control::Plant for SimPlant {
 /// The operator's start pose for the scan: the phantom's L5 spinous-process skin point mapped by
 /// the NOMINAL placement, plus a seeded 5–10 mm palpation error (never the true placement).
 pub fn start_pose(world: &SimWorld, seed: u64) -> Transform {
-    let ph = world.phantom();
-    let tip = ph
-        .landmarks()
-        .into_iter()
-        .find(|l| l.name == "L5_spinous_tip")
-        .unwrap();
-    let (x, z) = (tip.xyz[0], tip.xyz[2]);
-    let skin = Vector3::new(x, ph.skin_y(x, z), z);
-    telecho_control::palpated_start_pose(&world.nominal_t_base_ct(), &skin, seed, (0.005, 0.010))
+    telecho_sim::plant::operator_start_pose(world, seed)
 }
