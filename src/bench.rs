@@ -37,6 +37,9 @@ pub(crate) enum BenchCommand {
     /// Run the controller in real time at 1 kHz on its own thread against the simulator and
     /// report deadline misses, jitter and compute time.
     Loop(BenchLoopArgs),
+    /// Register the CBCT to the sweep of many seeded patients and report target registration
+    /// error, success rate and runtime beside a point-to-point ICP baseline.
+    Register(crate::perception::bench::BenchRegisterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +81,7 @@ pub(crate) fn run(cmd: &BenchCommand) -> CliResult {
     match cmd {
         BenchCommand::Scan(args) => scan(args),
         BenchCommand::Loop(args) => rt_loop(args),
+        BenchCommand::Register(args) => crate::perception::bench::run(args),
     }
 }
 

@@ -3,9 +3,11 @@
 //! The binary stays thin: it parses arguments, loads files and calls the libraries.
 
 mod bench;
+mod certs;
 mod cli_error;
 mod demo;
 mod kin;
+mod perception;
 mod scan;
 mod sim;
 
@@ -43,6 +45,16 @@ enum Command {
     /// with --json) and writes the patient's CBCT, the tracked ultrasound sweep and the
     /// evaluator's ground truth into DIR. Exit code 1 when the scan does not complete.
     Scan(scan::ScanArgs),
+    /// The perception node: US-CBCT registration, fusion overlays, detector evaluation.
+    Perception {
+        #[command(subcommand)]
+        command: perception::PerceptionCommand,
+    },
+    /// The site PKI of the teleoperation link (CA, server and client certificates).
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Benchmarks of the control node: force control over many seeded scans, real-time loop
     /// timing.
     Bench {
@@ -69,6 +81,8 @@ fn main() -> ExitCode {
         Command::Sim { command } => sim::run(&command),
         Command::Scan(args) => scan::run(&args),
         Command::Bench { command } => bench::run(&command),
+        Command::Perception { command } => perception::run(&command),
+        Command::Certs { command } => certs::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cnn;
+pub mod compound;
+pub mod ct_landmarks;
 pub mod ct_surface;
+pub mod detect;
 pub mod dicom;
 mod error;
+pub mod fuse;
 pub mod io;
+pub mod registration;
+pub mod sweep;
 pub mod us_bone;
 pub mod volume;
 

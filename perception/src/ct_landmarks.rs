@@ -1,0 +1,1 @@
+//! Spine landmarks detected in the CBCT volume.

@@ -1,0 +1,1 @@
+//! Fusion: the CBCT resliced along an ultrasound frame's plane, overlaid on the frame.
