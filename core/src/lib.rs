@@ -4,6 +4,8 @@ pub mod alloc_count;
 mod error;
 pub mod frames;
 pub mod peers;
+pub mod recording;
+pub mod ros_msgs;
 mod transform;
 
 pub use error::Error;
