@@ -6,9 +6,12 @@
 //!   violations, completion, and wall time against simulated time. Exit code 1 when a seed does
 //!   not complete or a target is missed (the figures are deterministic).
 //! - `bench loop`: the controller at 1 kHz on its own thread against the simulator
-//!   ([`spawn_realtime`]), running the scan protocol in real time: deadline misses, wake-up
-//!   jitter and compute time. Exit code 0 whatever the timing (it depends on the machine); the
-//!   report says whether the target was met.
+//!   ([`spawn_realtime_with`]), running the scan protocol in real time: deadline misses, stalls,
+//!   wake-up jitter and compute time, and the hypervisor's steal time over the run (from
+//!   `/proc/stat`). `--rt` asks for `SCHED_FIFO` priority and locked memory (`--cpu N` pins the
+//!   thread); a refused request is reported and the run continues without it. Exit code 0
+//!   whatever the timing (it depends on the machine); the report says whether the target was
+//!   met.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use telecho_control::spawn_realtime;
+use telecho_control::{spawn_realtime_with, CpuTimes, RtConfig, RtStatus};
 
 use crate::cli_error::CliError;
 use crate::scan::{arm_name, load_protocol, run_scan, state_name, ScanReport, Scenario, DT_S};
@@ -72,6 +75,16 @@ pub(crate) struct BenchLoopArgs {
     /// Which bundled arm.
     #[arg(long, value_enum, default_value_t = Arm::Ur5e)]
     arm: Arm,
+    /// Real-time mode: SCHED_FIFO priority for the control thread and locked memory
+    /// (mlockall). Needs root or CAP_SYS_NICE; a refused request is reported and the run goes on.
+    #[arg(long)]
+    rt: bool,
+    /// SCHED_FIFO priority with --rt (1–99).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(i32).range(1..=99))]
+    rt_priority: i32,
+    /// Pin the control thread to this CPU.
+    #[arg(long, value_name = "N")]
+    cpu: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -331,16 +344,75 @@ impl From<telecho_control::TimingSummary> for TimingUs {
 }
 
 #[derive(Debug, Serialize)]
+struct RtOut {
+    requested: bool,
+    fifo_priority_requested: Option<i32>,
+    cpu_requested: Option<usize>,
+    fifo_priority: Option<i32>,
+    memory_locked: bool,
+    cpu: Option<usize>,
+    /// Refused requests, in words.
+    refused: Vec<String>,
+}
+
+impl RtOut {
+    fn new(config: &RtConfig, requested: bool, st: &RtStatus) -> Self {
+        let mut refused = Vec::new();
+        let os = |code: i32| std::io::Error::from_raw_os_error(code).to_string();
+        if let Some(e) = st.fifo_error {
+            refused.push(format!("SCHED_FIFO: {}", os(e)));
+        }
+        if let Some(e) = st.lock_error {
+            refused.push(format!("mlockall: {}", os(e)));
+        }
+        if let Some(e) = st.cpu_error {
+            refused.push(format!("CPU pinning: {}", os(e)));
+        }
+        Self {
+            requested,
+            fifo_priority_requested: config.fifo_priority,
+            cpu_requested: config.cpu,
+            fifo_priority: st.fifo_priority,
+            memory_locked: st.memory_locked,
+            cpu: st.cpu,
+            refused,
+        }
+    }
+}
+
+/// Hypervisor steal over the run, from `/proc/stat` (summed over all virtual CPUs).
+#[derive(Debug, Serialize)]
+struct StealOut {
+    /// CPU time stolen by the hypervisor, s (all vCPUs together).
+    steal_s: f64,
+    /// Steal as a percentage of all CPU time of the machine over the run.
+    steal_percent: f64,
+    /// CPU time the guest accounted over the run (all vCPUs), s.
+    cpu_time_s: f64,
+    /// Virtual CPUs (`cpu_time_s` should be close to `cpus` × wall time; on a guest whose tick
+    /// accounting is unreliable it is not, and steal is then a lower bound).
+    cpus: u32,
+}
+
+#[derive(Debug, Serialize)]
 struct BenchLoopOut {
     seed: u64,
     arm: &'static str,
     period_s: f64,
     seconds: f64,
+    deadlines: u64,
     cycles: u64,
     deadline_misses: u64,
     miss_percent: f64,
+    overruns: u64,
+    stalls: u64,
+    skipped_deadlines: u64,
+    longest_overrun_ms: f64,
     jitter: TimingUs,
     compute: TimingUs,
+    realtime: RtOut,
+    /// Null when `/proc/stat` cannot be read (not Linux).
+    steal: Option<StealOut>,
     wall_s: f64,
     simulated_s: f64,
     scan_state: &'static str,
@@ -357,19 +429,44 @@ fn rt_loop(args: &BenchLoopArgs) -> CliResult {
         )));
     }
     let sc = Scenario::new(args.arm, args.seed, load_protocol(None)?)?;
-    let cycles = (args.seconds / DT_S).round().max(1.0) as u64;
+    let deadlines = (args.seconds / DT_S).round().max(1.0) as u64;
+    let mut rt = if args.rt {
+        RtConfig::realtime(args.rt_priority)
+    } else {
+        RtConfig::default()
+    };
+    rt.cpu = args.cpu;
+    let cpu_before = CpuTimes::read();
+    if let Err(e) = &cpu_before {
+        tracing::warn!(error = %e, "cannot read /proc/stat: no steal time in the report");
+    }
     let wall = Instant::now();
-    let handle = spawn_realtime(
+    let handle = spawn_realtime_with(
         sc.world,
         sc.controller,
         sc.executor,
         Duration::from_secs_f64(DT_S),
-        cycles,
+        deadlines,
+        rt,
     )
     .map_err(CliError::failed)?;
     let run = handle
         .join()
         .map_err(|_| CliError::failed(anyhow!("the control thread panicked")))?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    let steal = match (cpu_before, CpuTimes::read()) {
+        (Ok(b), Ok(a)) => {
+            let d = a.since(&b);
+            let hz = CpuTimes::ticks_per_s();
+            Some(StealOut {
+                steal_s: d.steal_ticks as f64 / hz,
+                steal_percent: 100.0 * d.steal_fraction(),
+                cpu_time_s: d.total_ticks as f64 / hz,
+                cpus: d.cpus,
+            })
+        }
+        _ => None,
+    };
     let s = run.stats;
     let progress = run.source.progress();
     let out = BenchLoopOut {
@@ -377,12 +474,19 @@ fn rt_loop(args: &BenchLoopArgs) -> CliResult {
         arm: arm_name(args.arm),
         period_s: s.period_s,
         seconds: args.seconds,
+        deadlines: s.deadlines,
         cycles: s.cycles,
         deadline_misses: s.deadline_misses,
         miss_percent: 100.0 * s.miss_ratio(),
+        overruns: s.overruns,
+        stalls: s.stalls,
+        skipped_deadlines: s.skipped,
+        longest_overrun_ms: s.longest_overrun_s * 1e3,
         jitter: s.jitter.into(),
         compute: s.compute.into(),
-        wall_s: wall.elapsed().as_secs_f64(),
+        realtime: RtOut::new(&rt, args.rt, &s.rt),
+        steal,
+        wall_s,
         simulated_s: run.plant.time_s(),
         scan_state: state_name(progress.state),
         sweep_index: progress.sweep_index,
@@ -392,32 +496,78 @@ fn rt_loop(args: &BenchLoopArgs) -> CliResult {
     if args.json {
         println!("{}", serde_json::to_string(&out).map_err(CliError::failed)?);
     } else {
-        println!(
-            "bench loop: {} cycles of {:.0} µs in {:.1} s wall (seed {}, {}, scan protocol: {} \
-             at sweep {})",
-            out.cycles,
-            out.period_s * 1e6,
-            out.wall_s,
-            out.seed,
-            out.arm,
-            out.scan_state,
-            out.sweep_index + 1
-        );
-        println!(
-            "deadline misses {} ({:.4} %, target < {} %: {})",
-            out.deadline_misses,
-            out.miss_percent,
-            out.target_miss_percent,
-            if out.target_met { "met" } else { "MISSED" }
-        );
-        println!(
-            "wake-up jitter median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
-            out.jitter.median_us, out.jitter.p99_us, out.jitter.max_us
-        );
-        println!(
-            "compute (controller + simulator step) median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
-            out.compute.median_us, out.compute.p99_us, out.compute.max_us
-        );
+        print_loop_report(&out);
     }
     Ok(())
+}
+
+fn print_loop_report(out: &BenchLoopOut) {
+    println!(
+        "bench loop: {} deadlines of {:.0} µs in {:.1} s wall (seed {}, {}, scan protocol: {} at \
+         sweep {})",
+        out.deadlines,
+        out.period_s * 1e6,
+        out.wall_s,
+        out.seed,
+        out.arm,
+        out.scan_state,
+        out.sweep_index + 1
+    );
+    let r = &out.realtime;
+    let sched = match r.fifo_priority {
+        Some(p) => format!("SCHED_FIFO priority {p}"),
+        None => "normal scheduler".to_owned(),
+    };
+    println!(
+        "real-time mode: {}; {sched}, memory {}, {}{}",
+        if r.requested { "requested" } else { "off" },
+        if r.memory_locked {
+            "locked"
+        } else {
+            "not locked"
+        },
+        r.cpu
+            .map_or_else(|| "not pinned".to_owned(), |c| format!("pinned to CPU {c}")),
+        if r.refused.is_empty() {
+            String::new()
+        } else {
+            format!(" (refused: {})", r.refused.join("; "))
+        }
+    );
+    println!(
+        "deadline misses {} of {} ({:.4} %, target < {} %: {}): {} overruns, {} deadlines \
+         skipped",
+        out.deadline_misses,
+        out.deadlines,
+        out.miss_percent,
+        out.target_miss_percent,
+        if out.target_met { "met" } else { "MISSED" },
+        out.overruns,
+        out.skipped_deadlines
+    );
+    println!(
+        "stalls (overrun > 1 period, loop skipped ahead): {}; longest overrun {:.3} ms",
+        out.stalls, out.longest_overrun_ms
+    );
+    println!(
+        "wake-up jitter median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        out.jitter.median_us, out.jitter.p99_us, out.jitter.max_us
+    );
+    println!(
+        "compute (controller + simulator step) median {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        out.compute.median_us, out.compute.p99_us, out.compute.max_us
+    );
+    match &out.steal {
+        Some(st) => println!(
+            "hypervisor steal over the run: {:.3} s ({:.3} % of {:.1} s CPU time accounted by the \
+             guest; {} vCPU × {:.1} s wall = {:.1} s)",
+            st.steal_s,
+            st.steal_percent,
+            st.cpu_time_s,
+            st.cpus,
+            out.wall_s,
+            f64::from(st.cpus) * out.wall_s
+        ),
+        None => println!("hypervisor steal: unknown (/proc/stat not readable)"),
+    }
 }

@@ -882,6 +882,24 @@ fn write_ground_truth(path: &Path, sc: &Scenario, frames: &[FrameTruth]) -> anyh
     write_json_with_frames(path, &header, frames)
 }
 
+/// Runs the default protocol on the patient of `seed` exactly as `telecho scan --sim-seed N`
+/// does (frames every `frame_interval_ms` of simulated time) and writes only the tracked sweep
+/// into `sweep_dir` (`sweep.json`, `frames.u8`); no CT, no ground-truth file. Returns the report
+/// and, for evaluators only, the true `t_base_ct` at rest and the nominal one (benchmarks).
+pub(crate) fn record_sweep(
+    arm: Arm,
+    seed: u64,
+    sweep_dir: &Path,
+    frame_interval_ms: u32,
+) -> Result<(ScanReport, telecho_core::Transform, telecho_core::Transform), CliError> {
+    let mut sc = Scenario::new(arm, seed, ScanProtocol::default_lumbar())?;
+    let mut recorder = SweepRecorder::create(sweep_dir, &sc, u64::from(frame_interval_ms))?;
+    let report = run_scan(&mut sc, Some(&mut recorder), None)?;
+    recorder.finish(&sc, &report).map_err(CliError::failed)?;
+    let truth = sc.world.ground_truth().t_base_ct;
+    Ok((report, truth, sc.world.nominal_t_base_ct()))
+}
+
 /// `telecho scan`.
 pub(crate) fn run(args: &ScanArgs) -> CliResult {
     // Everything is checked before anything is written.

@@ -564,3 +564,100 @@ fn sensor_fault_aborts_with_exit_1_and_keeps_the_recording() {
     assert!(frames.last().unwrap()["time_s"].as_f64().unwrap() <= 7.6);
     std::fs::remove_dir_all(&base).ok();
 }
+
+/// The Panda seeds that used to abort on an F/T `sensor_jump` fault (the simulated servo's
+/// staircase limit cycle flipping the skin friction every millisecond) complete the default
+/// protocol without a safety event.
+#[test]
+fn bench_scan_panda_completes_the_seeds_that_used_to_abort() {
+    for seed in ["2", "9", "13", "19"] {
+        let out = telecho(&[
+            "bench",
+            "scan",
+            "--seeds",
+            "1",
+            "--first-seed",
+            seed,
+            "--arm",
+            "panda",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "seed {seed}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = stdout_json(&out);
+        let row = &r["per_seed"][0];
+        println!(
+            "panda, seed {seed}: {} rms {} N, overshoot {} N, {} events",
+            row["final_state"], row["force_rms_error_n"], row["overshoot_n"], row["safety_events"]
+        );
+        assert_eq!(row["completed"], true, "seed {seed}");
+        assert_eq!(row["safety_events"], 0, "seed {seed}");
+        assert!(row["force_rms_error_n"].as_f64().unwrap() <= 0.3);
+        assert!(row["overshoot_n"].as_f64().unwrap() <= 2.0);
+        assert_eq!(r["targets"]["met"], true);
+    }
+}
+
+/// `bench loop` reports misses, stalls and skipped deadlines consistently, what real-time mode
+/// got (granted or refused, never silently), and the hypervisor's steal time. No timing is
+/// asserted (machines are noisy).
+#[test]
+fn bench_loop_reports_stalls_steal_and_realtime_mode() {
+    let out = telecho(&[
+        "bench",
+        "loop",
+        "--seconds",
+        "0.3",
+        "--rt",
+        "--rt-priority",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = stdout_json(&out);
+    println!("{r}");
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}: {}", r[k]));
+    assert_eq!(n("deadlines"), 300);
+    assert_eq!(n("cycles") + n("skipped_deadlines"), 300);
+    assert_eq!(n("deadline_misses"), n("overruns") + n("skipped_deadlines"));
+    assert!(n("stalls") <= n("overruns"));
+    assert!(r["longest_overrun_ms"].as_f64().unwrap() >= 0.0);
+    assert!((r["simulated_s"].as_f64().unwrap() - 0.3).abs() < 1e-9);
+    let rt = &r["realtime"];
+    assert_eq!(rt["requested"], true);
+    assert_eq!(rt["fifo_priority_requested"], 1);
+    let refused: Vec<&str> = rt["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    // SCHED_FIFO and mlockall: each granted or listed as refused.
+    assert!(rt["fifo_priority"] == 1 || refused.iter().any(|e| e.starts_with("SCHED_FIFO")));
+    assert!(rt["memory_locked"] == true || refused.iter().any(|e| e.starts_with("mlockall")));
+    if cfg!(target_os = "linux") {
+        let steal = &r["steal"];
+        let s = steal["steal_s"].as_f64().unwrap();
+        assert!(s >= 0.0 && s <= steal["cpu_time_s"].as_f64().unwrap());
+        assert!((0.0..=100.0).contains(&steal["steal_percent"].as_f64().unwrap()));
+    }
+    // A priority outside 1–99 is bad input.
+    let bad = telecho(&[
+        "bench",
+        "loop",
+        "--seconds",
+        "0.1",
+        "--rt",
+        "--rt-priority",
+        "0",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rt-priority"));
+}

@@ -45,7 +45,7 @@ fn run_scan(
         ScanExecutor::new(protocol, &start, &config.safety, ExecutorConfig::default()).unwrap();
     let mut ctl = ProbeController::from_urdf_str(&urdf_text("ur5e_probe.urdf"), config).unwrap();
     let mut out = ctl.new_output();
-    let mut plant = SimPlant(world);
+    let mut plant = world;
     let mut stats = ForceStats::default();
     let mut max_force: f64 = 0.0;
     let mut events = Vec::new();
@@ -62,7 +62,7 @@ fn run_scan(
             DT,
             1,
             |p, out| {
-                let gt = p.0.ground_truth();
+                let gt = p.ground_truth();
                 let f = gt.contact_force_base_n.norm();
                 max_force = max_force.max(f);
                 events.extend(out.events.as_slice().iter().map(|e| e.kind));
@@ -79,8 +79,8 @@ fn run_scan(
             sweeps_done += 1;
         }
         last_state = exec.state();
-        inject(&mut plant.0, &exec);
-        t = plant.0.time_s();
+        inject(&mut plant, &exec);
+        t = plant.time_s();
     }
     ScanResult {
         state: exec.state(),

@@ -17,11 +17,13 @@ fn panda() -> Chain {
 }
 
 const Q0: [f64; 6] = [0.3, -1.4, 1.6, -1.8, -1.57, 0.2];
+const PANDA_Q0: [f64; 7] = [0.0, -0.3, 0.0, -2.0, 0.0, 1.8, 0.8];
 
-/// Linear loop only: no latency, no noise, no acceleration limit.
+/// Linear loop only: no latency, no interpolation, no noise, no acceleration limit.
 fn ideal() -> ServoParams {
     ServoParams {
         latency_s: 0.0,
+        interpolation_s: 0.0,
         encoder_noise_rad: 0.0,
         velocity_noise_rad_s: 0.0,
         max_acceleration_rad_s2: f64::INFINITY,
@@ -364,4 +366,60 @@ fn same_seed_same_measurements() {
     };
     assert_eq!(run(11), run(11));
     assert_ne!(run(11), run(12));
+}
+
+/// A position reference streamed at 1 kHz is a staircase. Each stair of a fast ramp asks the
+/// loop for more than the acceleration limit at its start unless the drive interpolates. With the
+/// default interpolation the loop never saturates on a feasible ramp; without it (zero-order
+/// hold) the saturated loop must still track at a steady sampled velocity (no limit cycle
+/// between samples: the old whole-step saturation chattered by ±a_max·1 ms = ±0.015 rad/s).
+#[test]
+fn staircase_ramp_at_the_acceleration_limit_is_smooth() {
+    for interpolation_s in [1e-3, 0.0] {
+        let params = ServoParams {
+            latency_s: 0.0,
+            encoder_noise_rad: 0.0,
+            velocity_noise_rad_s: 0.0,
+            interpolation_s,
+            ..ServoParams::default()
+        };
+        let a_max = params.max_acceleration_rad_s2;
+        let w = params.position_natural_frequency_rad_s();
+        let speed = 1.2;
+        // Each stair asks for ω²·Δq = 71 rad/s² at its start: far beyond the 15 rad/s² limit.
+        assert!(w * w * speed * 1e-3 > 4.0 * a_max);
+        let mut arm = ServoArm::new(panda(), params, &PANDA_Q0, 11).unwrap();
+        let mut target = PANDA_Q0;
+        let (mut v_min, mut v_max) = (f64::INFINITY, f64::NEG_INFINITY);
+        let mut lag_err: f64 = 0.0;
+        for k in 0..600 {
+            // Reference ramps up at 8 rad/s² (the controller's planner limit) to 1.2 rad/s.
+            let v_ref = (8.0 * k as f64 * 1e-3).min(speed);
+            target[4] -= v_ref * 1e-3;
+            arm.command(JointCommand::Position(&target)).unwrap();
+            arm.step(1e-3).unwrap();
+            let v = arm.true_qd()[4];
+            if k >= 400 {
+                v_min = v_min.min(v);
+                v_max = v_max.max(v);
+                // Interpolated: the reference reaches each command one period after it took
+                // effect, and the linear loop lags a ramp by 2·q̇/ωₙ.
+                lag_err = lag_err.max((arm.true_q()[4] - (target[4] + 2.0 * speed / w)).abs());
+            }
+        }
+        println!(
+            "interpolation {interpolation_s} s: sampled velocity over the last 200 ms \
+             {v_min:.6} … {v_max:.6} rad/s, lag error {lag_err:.2e} rad"
+        );
+        if interpolation_s > 0.0 {
+            // Linear loop, exact.
+            assert!(v_max - v_min < 1e-9, "{v_min} … {v_max}");
+            assert!((v_max + speed).abs() < 1e-9);
+            assert!(lag_err < 1e-9, "{lag_err}");
+        } else {
+            assert!(v_max - v_min < 1e-3, "{v_min} … {v_max}");
+            // Within the ripple of one stair (±a_max·0.5 ms) of the ramp speed.
+            assert!((0.5 * (v_min + v_max) + speed).abs() < 0.5 * a_max * 1e-3);
+        }
+    }
 }

@@ -106,13 +106,7 @@ pub fn world_above_skin(scene: &Scene) -> SimWorld {
 }
 
 pub fn ft_sample(world: &SimWorld) -> FtSample {
-    let r = world.observe().ft;
-    FtSample {
-        stamp_s: r.stamp_s,
-        force_n: r.force_n,
-        torque_nm: r.torque_nm,
-        saturated: r.saturated,
-    }
+    telecho_sim::plant::ft_sample(&world.observe().ft)
 }
 
 /// Controller + world, stepped together at 1 kHz.
@@ -213,33 +207,6 @@ impl ForceStats {
 
     pub fn rms(&self) -> f64 {
         (self.sum_sq / self.n.max(1) as f64).sqrt()
-    }
-}
-
-/// The simulator as a `telecho_control::Plant` (a local newtype: both the trait and `SimWorld`
-/// are foreign to this test crate).
-pub struct SimPlant(pub SimWorld);
-
-impl telecho_control::Plant for SimPlant {
-    fn read(&mut self, q: &mut [f64], qd: &mut [f64]) -> (f64, FtSample) {
-        let obs = self.0.observe();
-        q.copy_from_slice(obs.q_rad);
-        qd.copy_from_slice(obs.qd_rad_s);
-        (obs.time_s, ft_sample(&self.0))
-    }
-
-    fn write(&mut self, out: &ControlOutput) {
-        if out.send {
-            let cmd = match out.interface {
-                CommandInterface::Position => JointCommand::Position(&out.q_cmd_rad),
-                CommandInterface::Velocity => JointCommand::Velocity(&out.qd_cmd_rad_s),
-            };
-            let _ = self.0.command(cmd);
-        }
-    }
-
-    fn advance(&mut self, _dt: f64) {
-        self.0.step();
     }
 }
 
