@@ -154,4 +154,18 @@ pub(crate) enum ErrorKind {
         height: usize,
         len: usize,
     },
+    #[error("sweep {}: {reason}", path.display())]
+    Sweep { path: PathBuf, reason: String },
+    #[error("registration refused: {reason}")]
+    Refused { reason: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot load a CT volume from {}: {reason}", path.display())]
+    CtInput { path: PathBuf, reason: String },
+    #[error("CT landmark detection failed: {reason}")]
+    CtLandmarks { reason: String },
+    #[error("fusion: {reason}")]
+    Fuse { reason: String },
+    #[error("cannot write PNG {}: {reason}", path.display())]
+    Png { path: PathBuf, reason: String },
 }

@@ -3,6 +3,7 @@
 pub mod cnn;
 pub mod compound;
 pub mod ct_landmarks;
+pub mod ct_load;
 pub mod ct_surface;
 pub mod detect;
 pub mod dicom;

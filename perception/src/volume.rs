@@ -6,6 +6,8 @@ use telecho_core::Transform;
 use crate::error::ErrorKind;
 use crate::Error;
 
+pub use crate::ct_load::{detect_ct_source, load_ct, CtSource};
+
 /// A 3D grid of `f32` values (Hounsfield units for CT) with its placement in the world.
 ///
 /// Voxel `(i, j, k)` has its centre at `t_ct_voxel · (i, j, k)` where the affine includes the

@@ -2,6 +2,7 @@
 
 pub mod cbct;
 pub mod contact;
+pub mod dataset;
 mod error;
 pub mod ft_sensor;
 pub mod gazebo;

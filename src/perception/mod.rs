@@ -4,7 +4,7 @@ pub(crate) mod bench;
 mod dataset;
 mod eval;
 mod fuse;
-mod register;
+pub(crate) mod register;
 
 use clap::Subcommand;
 

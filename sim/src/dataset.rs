@@ -1,0 +1,587 @@
+//! Labelled ultrasound frames for training and evaluating bone and landmark detectors: realistic
+//! probe poses over the lumbar back, and the landmarks a frame actually shows.
+//!
+//! # Poses
+//!
+//! [`sample_pose`] draws what a sonographer does over the lumbar spine: the probe face on the skin
+//! of the back, its beam axis near the inward skin normal (tilted up to
+//! [`PoseSamplerParams::max_tilt_deg`] in a random direction), the array either sagittal (along the
+//! spine, `+x` probe toward superior) or transverse (across it, `+x` probe toward the patient's
+//! right), turned about the beam by up to [`PoseSamplerParams::max_spin_deg`], the face centre
+//! [`PoseSamplerParams::indentation_m`] below the skin so that coupling varies; a share
+//! [`PoseSamplerParams::lifted_share`] of the poses is pressed too lightly or lifted
+//! ([`PoseSamplerParams::lifted_indentation_m`]), so that part of the array or all of it is out
+//! of contact (a tilted probe also lifts one end of its 38 mm face). With probability
+//! [`PoseSamplerParams::near_landmark_share`] the probe looks at a landmark (class, then level
+//! and side, uniformly), as a sonographer centres a structure: the landmark lies up to
+//! [`PoseSamplerParams::in_plane_offset_m`] from the centre line and up to
+//! [`PoseSamplerParams::out_of_plane_offset_m`] from the image plane (it may still be deeper
+//! than the image or hidden); otherwise the probe lands anywhere over L1–L5 within
+//! [`PoseSamplerParams::lateral_extent_m`] of the midline. The receive gain varies per frame
+//! ([`PoseSamplerParams::gain_db`]).
+//!
+//! [`poses_for_seed`] gives the poses of one simulated patient from its seed alone, so the
+//! training set writer and the held-out evaluation draw from the same distribution and replay
+//! bit for bit.
+//!
+//! # Landmark labels
+//!
+//! The phantom has eight landmarks per vertebra; the detectors learn four classes
+//! ([`LANDMARK_CLASSES`]): spinous tip, lamina, facet, transverse process — side and level are
+//! decided later, in 3D, by fusion and registration. The vertebral body centre is never visible
+//! (it lies in the shadow of the posterior elements) and has no class.
+//!
+//! A landmark the simulator lists for a frame counts as visible ([`visible_landmarks`]) when
+//! it lies within [`LabelParams::max_distance_to_plane_m`] of the image plane, is not in an
+//! acoustic shadow, its scanline is coupled (face at least [`LabelParams::min_indentation_m`]
+//! into the skin) and it lies on the imaged bone surface: some scanline within
+//! [`LabelParams::column_search_px`] columns hits bone within
+//! [`LabelParams::surface_tolerance_m`] of the landmark's depth — and it is a *feature* of that
+//! surface, something one frame can localise: an end of the imaged surface within
+//! [`LabelParams::feature_window_m`] (a transverse process tip, a lamina edge at a gap) or an apex
+//! (nothing more than 1 mm shallower within the window, the surface rising by
+//! [`LabelParams::apex_rise_m`] or ending on both sides). A landmark in the middle of a flat
+//! stretch (a lamina seen along its plate) has no position in the frame to find: it is left to
+//! 3D fusion. Everything else would be a label no detector could honestly be asked for.
+
+use nalgebra::{Matrix3, Rotation3, Unit, Vector3};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use telecho_core::Transform;
+
+use crate::error::{check_in_range as check, ErrorKind};
+use crate::phantom::{Phantom, N_LEVELS};
+use crate::ultrasound::UsFrame;
+use crate::Error;
+
+/// Detector landmark classes, index = class.
+pub const LANDMARK_CLASSES: [&str; 4] = ["spinous_tip", "lamina", "facet", "transverse_process"];
+
+/// Landmarks per vertebra in [`Phantom::landmarks`] order.
+const PER_LEVEL: usize = 8;
+
+/// Class of landmark `index` (as in [`Phantom::landmarks`]): 0 spinous tip, 1 lamina, 2 facet,
+/// 3 transverse process; `None` for the body centre or an index past the last landmark.
+pub fn landmark_class(index: usize) -> Option<usize> {
+    if index >= N_LEVELS * PER_LEVEL {
+        return None;
+    }
+    match index % PER_LEVEL {
+        0 => Some(0),
+        1 | 2 => Some(1),
+        3 | 4 => Some(2),
+        5 | 6 => Some(3),
+        _ => None,
+    }
+}
+
+/// Orientation of the image plane relative to the spine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanPlane {
+    /// Array along the spine (craniocaudal), probe `+x` toward superior.
+    Sagittal,
+    /// Array across the spine, probe `+x` toward the patient's right.
+    Transverse,
+}
+
+impl ScanPlane {
+    /// `"sagittal"` or `"transverse"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanPlane::Sagittal => "sagittal",
+            ScanPlane::Transverse => "transverse",
+        }
+    }
+}
+
+/// Ranges of [`sample_pose`]; lengths in metres, angles in degrees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoseSamplerParams {
+    /// Largest angle between the beam and the inward skin normal (default 15°).
+    pub max_tilt_deg: f64,
+    /// Largest turn of the array about the beam away from the pure plane (default 10°).
+    pub max_spin_deg: f64,
+    /// Indentation of the probe face below the skin, uniform in this range (default 1–6 mm).
+    pub indentation_m: [f64; 2],
+    /// Share of poses pressed too lightly or lifted (default 0.1).
+    pub lifted_share: f64,
+    /// Indentation of those poses (default −3…+1 mm: negative = above the skin).
+    pub lifted_indentation_m: [f64; 2],
+    /// Share of poses centred near a landmark (default 0.8).
+    pub near_landmark_share: f64,
+    /// Offset of the landmark from the probe's centre line along the array (uniform ±, default
+    /// 12 mm).
+    pub in_plane_offset_m: f64,
+    /// Offset of the landmark from the image plane (uniform ±, default 3 mm).
+    pub out_of_plane_offset_m: f64,
+    /// Poses not near a landmark: lateral distance from the midline, uniform ± (default 60 mm).
+    pub lateral_extent_m: f64,
+    /// Receive gain per frame, uniform in this range (dB; default −4…+4).
+    pub gain_db: [f64; 2],
+}
+
+impl Default for PoseSamplerParams {
+    fn default() -> Self {
+        Self {
+            max_tilt_deg: 15.0,
+            max_spin_deg: 10.0,
+            indentation_m: [1e-3, 6e-3],
+            lifted_share: 0.1,
+            lifted_indentation_m: [-3e-3, 1e-3],
+            near_landmark_share: 0.8,
+            in_plane_offset_m: 0.012,
+            out_of_plane_offset_m: 0.003,
+            lateral_extent_m: 0.06,
+            gain_db: [-4.0, 4.0],
+        }
+    }
+}
+
+impl PoseSamplerParams {
+    /// Checks every range is finite, ordered and plausible.
+    pub fn validate(&self) -> Result<(), Error> {
+        check("pose sampler max tilt (deg)", self.max_tilt_deg, 0.0, 60.0)?;
+        check("pose sampler max spin (deg)", self.max_spin_deg, 0.0, 90.0)?;
+        for (what, [lo, hi]) in [
+            ("pose sampler indentation (m)", self.indentation_m),
+            (
+                "pose sampler lifted indentation (m)",
+                self.lifted_indentation_m,
+            ),
+        ] {
+            check(what, lo, -0.02, 0.02)?;
+            check(what, hi, -0.02, 0.02)?;
+            if lo > hi {
+                return Err(ErrorKind::EmptyRange { what, lo, hi }.into());
+            }
+        }
+        check("pose sampler lifted share", self.lifted_share, 0.0, 1.0)?;
+        check(
+            "pose sampler near-landmark share",
+            self.near_landmark_share,
+            0.0,
+            1.0,
+        )?;
+        check(
+            "pose sampler in-plane offset (m)",
+            self.in_plane_offset_m,
+            0.0,
+            0.1,
+        )?;
+        check(
+            "pose sampler out-of-plane offset (m)",
+            self.out_of_plane_offset_m,
+            0.0,
+            0.1,
+        )?;
+        check(
+            "pose sampler lateral extent (m)",
+            self.lateral_extent_m,
+            0.0,
+            0.2,
+        )?;
+        let [lo, hi] = self.gain_db;
+        check("pose sampler gain (dB)", lo, -30.0, 30.0)?;
+        check("pose sampler gain (dB)", hi, -30.0, 30.0)?;
+        if lo > hi {
+            return Err(ErrorKind::EmptyRange {
+                what: "pose sampler gain (dB)",
+                lo,
+                hi,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// One sampled probe pose and how it was drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampledPose {
+    /// Probe → `ct` (probe frame as in [`crate::ultrasound`]: `+z` beam, `+x` array).
+    pub t_ct_probe: Transform,
+    /// Sagittal or transverse.
+    pub plane: ScanPlane,
+    /// Vertebra the probe centre is nearest to (0 = L1 … 4 = L5).
+    pub level: usize,
+    /// Depth of the face centre below the undeformed skin, along y as the simulator measures
+    /// it (m; negative = lifted).
+    pub indentation_m: f64,
+    /// Angle between the beam and the inward skin normal (degrees).
+    pub tilt_deg: f64,
+    /// Receive gain to render the frame with (dB).
+    pub gain_db: f64,
+}
+
+/// Draws one probe pose over the lumbar back of `phantom`; see the module doc.
+pub fn sample_pose(
+    phantom: &Phantom,
+    params: &PoseSamplerParams,
+    rng: &mut impl Rng,
+) -> SampledPose {
+    let landmarks = phantom.landmarks();
+    let xyz = |i: usize| Vector3::from(landmarks[i].xyz);
+    let spinous: Vec<Vector3<f64>> = (0..N_LEVELS).map(|l| xyz(l * PER_LEVEL)).collect();
+    let plane = if rng.random_bool(0.5) {
+        ScanPlane::Sagittal
+    } else {
+        ScanPlane::Transverse
+    };
+    let along = match plane {
+        ScanPlane::Sagittal => Vector3::z(),
+        ScanPlane::Transverse => Vector3::x(),
+    };
+
+    let indentation = if rng.random_bool(params.lifted_share) {
+        let [lo, hi] = params.lifted_indentation_m;
+        uniform(rng, lo, hi)
+    } else {
+        let [lo, hi] = params.indentation_m;
+        uniform(rng, lo, hi)
+    };
+    // Probe axes for a skin normal: the normal tilted by up to max_tilt in a random direction,
+    // the array along the plane's direction made orthogonal to the beam, turned about it.
+    let tilt = params.max_tilt_deg.to_radians() * rng.random::<f64>().sqrt();
+    let azimuth = rng.random_range(0.0..std::f64::consts::TAU);
+    let spin = rng.random_range(-1.0..=1.0) * params.max_spin_deg.to_radians();
+    let axes = |normal: Vector3<f64>| {
+        let e1 = (along - normal * along.dot(&normal)).normalize();
+        let e2 = normal.cross(&e1);
+        let axis = Unit::new_normalize(e1 * azimuth.cos() + e2 * azimuth.sin());
+        let beam = Rotation3::from_axis_angle(&axis, tilt) * normal;
+        let x0 = (along - beam * along.dot(&beam)).normalize();
+        let xp = Rotation3::from_axis_angle(&Unit::new_normalize(beam), spin) * x0;
+        Matrix3::from_columns(&[xp, beam.cross(&xp), beam])
+    };
+
+    let (rotation, origin) = if rng.random_bool(params.near_landmark_share) {
+        // Aim at a landmark: the probe on the skin, the landmark `a` along the array and `b`
+        // across the image plane from the probe's centre line.
+        let class = rng.random_range(0..4usize);
+        let level = rng.random_range(0..N_LEVELS);
+        let slot = match class {
+            0 => 0,
+            c => 2 * c - 1 + rng.random_range(0..2usize),
+        };
+        let p = xyz(level * PER_LEVEL + slot);
+        let a = rng.random_range(-1.0..=1.0) * params.in_plane_offset_m;
+        let b = rng.random_range(-1.0..=1.0) * params.out_of_plane_offset_m;
+        let rotation = axes(skin_normal(phantom, p.x, p.z));
+        let (xp, yp, beam): (Vector3<f64>, Vector3<f64>, Vector3<f64>) = (
+            rotation.column(0).into(),
+            rotation.column(1).into(),
+            rotation.column(2).into(),
+        );
+        // Slide back along the beam until the face is `indentation` below the skin.
+        let q = p - xp * a - yp * b;
+        let mut t = q.y - phantom.skin_y(q.x, q.z);
+        for _ in 0..8 {
+            let o = q - beam * t;
+            let e = o.y - phantom.skin_y(o.x, o.z) - indentation;
+            t += e / beam.y.max(0.2);
+        }
+        (rotation, q - beam * t)
+    } else {
+        let (z_lo, z_hi) = (spinous[N_LEVELS - 1].z - 0.02, spinous[0].z + 0.02);
+        let z = rng.random_range(z_lo..=z_hi);
+        let x = midline_x(&spinous, z) + rng.random_range(-1.0..=1.0) * params.lateral_extent_m;
+        let skin = Vector3::new(x, phantom.skin_y(x, z), z);
+        (
+            axes(skin_normal(phantom, x, z)),
+            skin + Vector3::y() * indentation,
+        )
+    };
+    let level = (0..N_LEVELS)
+        .min_by(|&a, &b| {
+            (spinous[a].z - origin.z)
+                .abs()
+                .total_cmp(&(spinous[b].z - origin.z).abs())
+        })
+        .unwrap_or(0);
+    let [g_lo, g_hi] = params.gain_db;
+    SampledPose {
+        t_ct_probe: Transform::new(rotation, origin),
+        plane,
+        level,
+        indentation_m: origin.y - phantom.skin_y(origin.x, origin.z),
+        tilt_deg: tilt.to_degrees(),
+        gain_db: uniform(rng, g_lo, g_hi),
+    }
+}
+
+/// Inward unit normal of the skin at (x, z): gradient of `y − skin_y(x, z)`.
+fn skin_normal(phantom: &Phantom, x: f64, z: f64) -> Vector3<f64> {
+    let h = 1e-4;
+    let sx = (phantom.skin_y(x + h, z) - phantom.skin_y(x - h, z)) / (2.0 * h);
+    let sz = (phantom.skin_y(x, z + h) - phantom.skin_y(x, z - h)) / (2.0 * h);
+    Vector3::new(-sx, 1.0, -sz).normalize()
+}
+
+fn uniform(rng: &mut impl Rng, lo: f64, hi: f64) -> f64 {
+    if hi > lo {
+        rng.random_range(lo..=hi)
+    } else {
+        lo
+    }
+}
+
+/// x of the spine's midline at height `z`: the spinous tips' x, interpolated piecewise linearly
+/// (held beyond L1 and L5). `spinous` is ordered L1 … L5, i.e. by decreasing z.
+fn midline_x(spinous: &[Vector3<f64>], z: f64) -> f64 {
+    for w in spinous.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if z <= a.z && z >= b.z && a.z > b.z {
+            let t = (z - b.z) / (a.z - b.z);
+            return b.x + t * (a.x - b.x);
+        }
+    }
+    match (spinous.first(), spinous.last()) {
+        (Some(a), _) if z > a.z => a.x,
+        (_, Some(b)) => b.x,
+        _ => 0.0,
+    }
+}
+
+/// The random source of patient `seed`'s poses (independent of the speckle and anatomy draws).
+pub fn pose_rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ 0x007E_1EC4_0DA7_A5E7_u64)
+}
+
+/// The first `n` poses of patient `seed` (its phantom `phantom`), in order: what the dataset
+/// writer renders and what the held-out evaluation replays.
+pub fn poses_for_seed(
+    phantom: &Phantom,
+    seed: u64,
+    n: usize,
+    params: &PoseSamplerParams,
+) -> Result<Vec<SampledPose>, Error> {
+    params.validate()?;
+    let mut rng = pose_rng(seed);
+    Ok((0..n)
+        .map(|_| sample_pose(phantom, params, &mut rng))
+        .collect())
+}
+
+/// Landmark listing margin of [`render_pose`] (m): landmarks up to 7 mm from the plane (1 mm
+/// half slice + 6 mm) are listed, so that detections of structures a little off the plane (a
+/// spinous process is 20 mm tall; a slice 5 mm from its tip still shows a tip) can be told from
+/// false ones.
+pub const RENDER_LANDMARK_MARGIN_M: f64 = 0.006;
+
+/// Renders `pose` of patient `seed` (its phantom `phantom`; `seed` also draws the speckle, as
+/// `telecho sim us` does) with the default scanner settings and the pose's gain. The frame lists
+/// the landmarks within [`RENDER_LANDMARK_MARGIN_M`] + 1 mm of the plane, a wider slab than
+/// [`LabelParams::max_distance_to_plane_m`], so that near misses can be told apart.
+pub fn render_pose(
+    phantom: &std::sync::Arc<Phantom>,
+    seed: u64,
+    pose: &SampledPose,
+) -> Result<UsFrame, Error> {
+    let params = crate::UsParams {
+        gain_db: pose.gain_db,
+        landmark_margin_m: RENDER_LANDMARK_MARGIN_M,
+        ..Default::default()
+    };
+    let mut sim = crate::UltrasoundSim::new(phantom.clone(), params, seed)?;
+    sim.render_new(&pose.t_ct_probe)
+}
+
+/// When a landmark of a frame counts as visible; lengths in metres.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelParams {
+    /// Largest distance from the image plane (default 2 mm: the 2 mm slice plus 1 mm).
+    pub max_distance_to_plane_m: f64,
+    /// Largest depth difference between the landmark and the imaged bone surface near it
+    /// (default 2 mm).
+    pub surface_tolerance_m: f64,
+    /// Columns searched either side of the landmark for that surface (default 3).
+    pub column_search_px: usize,
+    /// Smallest indentation of the landmark's scanline below the skin (default 0.3 mm: a
+    /// scanline just touching the skin shows almost nothing).
+    pub min_indentation_m: f64,
+    /// Half-width of the window in which a landmark must be an apex or an end of the imaged
+    /// surface to be localisable in the frame (default 3 mm, the match tolerance).
+    pub feature_window_m: f64,
+    /// Rise of the surface either side of an apex, within twice the window (default 1 mm).
+    pub apex_rise_m: f64,
+}
+
+impl Default for LabelParams {
+    fn default() -> Self {
+        Self {
+            max_distance_to_plane_m: 2e-3,
+            surface_tolerance_m: 2e-3,
+            column_search_px: 3,
+            min_indentation_m: 3e-4,
+            feature_window_m: 3e-3,
+            apex_rise_m: 1e-3,
+        }
+    }
+}
+
+/// A visible landmark of a frame, in pixels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelledLandmark {
+    /// Index into [`Phantom::landmarks`] (name via `UltrasoundSim::landmark_name`).
+    pub index: usize,
+    /// Detector class, index into [`LANDMARK_CLASSES`].
+    pub class: usize,
+    /// Fractional row (depth) and column (lateral) of the landmark.
+    pub row: f64,
+    /// Fractional column.
+    pub col: f64,
+    /// Signed distance from the image plane (m).
+    pub distance_to_plane_m: f64,
+}
+
+/// The landmarks of `frame` (rendered from `phantom`) a detector can be asked for; see the
+/// module doc.
+pub fn visible_landmarks(
+    frame: &UsFrame,
+    phantom: &Phantom,
+    params: &LabelParams,
+) -> Vec<LabelledLandmark> {
+    let t = &frame.t_ct_probe;
+    let ex: Vector3<f64> = t.rotation.column(0).into();
+    let mut out = Vec::new();
+    for l in &frame.landmarks {
+        let Some(class) = landmark_class(l.index) else {
+            continue;
+        };
+        if l.shadowed || l.distance_to_plane_m.abs() > params.max_distance_to_plane_m {
+            continue;
+        }
+        if !(l.row.is_finite() && l.col.is_finite()) || l.col < -0.5 || l.row < 0.0 {
+            continue;
+        }
+        let c0 = l.col.round().max(0.0) as usize;
+        if c0 >= frame.width {
+            continue;
+        }
+        // Coupling of the landmark's scanline.
+        let x = frame.pixel_to_probe(0.0, l.col).x;
+        let face = t.translation + ex * x;
+        if face.y - phantom.skin_y(face.x, face.z) < params.min_indentation_m {
+            continue;
+        }
+        // On the imaged bone surface.
+        let depth = l.row * frame.axial_spacing_m;
+        let lo = c0.saturating_sub(params.column_search_px);
+        let hi = (c0 + params.column_search_px).min(frame.width - 1);
+        let on_surface = frame.bone_depth_m[lo..=hi]
+            .iter()
+            .flatten()
+            .any(|d| (d - depth).abs() <= params.surface_tolerance_m);
+        if !on_surface || !is_surface_feature(frame, c0, depth, params) {
+            continue;
+        }
+        out.push(LabelledLandmark {
+            index: l.index,
+            class,
+            row: l.row,
+            col: l.col,
+            distance_to_plane_m: l.distance_to_plane_m,
+        });
+    }
+    out
+}
+
+/// Whether a landmark at column `c` and depth `depth` (m) is a feature of the imaged bone
+/// surface: an end of it (a scanline within the window meets no bone) or an apex (no surface point
+/// within the window more than 1 mm shallower, and the surface rising by
+/// [`LabelParams::apex_rise_m`] or ending on both sides within twice the window).
+fn is_surface_feature(frame: &UsFrame, c: usize, depth: f64, params: &LabelParams) -> bool {
+    let w = frame.width;
+    let win = (params.feature_window_m / frame.lateral_spacing_m).round() as usize;
+    let d = &frame.bone_depth_m;
+    let (lo, hi) = (c.saturating_sub(win), (c + win).min(w - 1));
+    if d[lo..=hi].iter().any(Option::is_none) {
+        return true;
+    }
+    if d[lo..=hi].iter().flatten().any(|&x| x < depth - 1e-3) {
+        return false;
+    }
+    // At the image border the surface may go on: no rise seen means no apex.
+    let rises = |k: &usize| d[*k].is_none_or(|x| x - depth >= params.apex_rise_m);
+    let (lo2, hi2) = (c.saturating_sub(2 * win), (c + 2 * win).min(w - 1));
+    (lo2..c).any(|k| rises(&k)) && (c + 1..=hi2).any(|k| rises(&k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_cover_the_surface_landmarks() {
+        let classes: Vec<_> = (0..8).map(landmark_class).collect();
+        assert_eq!(
+            classes,
+            [
+                Some(0),
+                Some(1),
+                Some(1),
+                Some(2),
+                Some(2),
+                Some(3),
+                Some(3),
+                None
+            ]
+        );
+        assert_eq!(landmark_class(40), None);
+    }
+
+    #[test]
+    fn poses_are_on_the_back_and_replay() {
+        let ph = Phantom::generate(3);
+        let p = PoseSamplerParams::default();
+        let a = poses_for_seed(&ph, 3, 200, &p).unwrap();
+        assert_eq!(a, poses_for_seed(&ph, 3, 200, &p).unwrap());
+        let sagittal = a.iter().filter(|s| s.plane == ScanPlane::Sagittal).count();
+        assert!((60..140).contains(&sagittal), "{sagittal}");
+        for s in &a {
+            let t = &s.t_ct_probe;
+            let o = t.translation;
+            // Face centre within a few mm of the skin, beam pointing anterior within the tilt.
+            let depth = o.y - ph.skin_y(o.x, o.z);
+            assert!((-0.004..0.007).contains(&depth), "{depth}");
+            assert!(s.tilt_deg <= 15.0 + 1e-9);
+            assert!(t.rotation.column(2).y > (25f64).to_radians().cos());
+            let r = t.rotation;
+            assert!((r.transpose() * r - Matrix3::identity()).abs().max() < 1e-9);
+            assert!((r.determinant() - 1.0).abs() < 1e-9);
+        }
+        let lifted = a.iter().filter(|s| s.indentation_m < 1e-3).count();
+        assert!((5..45).contains(&lifted), "{lifted}");
+    }
+
+    #[test]
+    fn visible_landmarks_are_surface_features_on_the_plane() {
+        let ph = std::sync::Arc::new(Phantom::generate(4));
+        let poses = poses_for_seed(&ph, 4, 150, &PoseSamplerParams::default()).unwrap();
+        let (mut per_class, mut listed) = ([0usize; 4], 0usize);
+        for s in &poses {
+            let frame = render_pose(&ph, 4, s).unwrap();
+            listed += frame.landmarks.len();
+            for l in visible_landmarks(&frame, &ph, &LabelParams::default()) {
+                per_class[l.class] += 1;
+                assert!(l.distance_to_plane_m.abs() <= 2e-3);
+                assert!((0.0..256.0).contains(&l.row) && (-0.5..256.0).contains(&l.col));
+                // On the imaged surface.
+                let c = l.col.round() as usize;
+                let near = frame.bone_depth_m[c.saturating_sub(3)..=(c + 3).min(255)]
+                    .iter()
+                    .flatten()
+                    .any(|d| (d - l.row * frame.axial_spacing_m).abs() <= 2e-3);
+                assert!(near, "{l:?}");
+            }
+        }
+        // Spinous tips (apexes) dominate; lamina landmarks sit on flat plates and are rarely
+        // features of a frame.
+        let visible: usize = per_class.iter().sum();
+        assert!(per_class[0] >= 5, "{per_class:?}");
+        assert!(
+            visible >= 10 && visible < listed / 2,
+            "{per_class:?} of {listed}"
+        );
+    }
+}
