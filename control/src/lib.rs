@@ -7,6 +7,8 @@ pub mod ft_compensation;
 pub mod kinematics;
 pub mod payload;
 pub mod protocol;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod rt_loop;
 pub mod safety;
 
