@@ -5,6 +5,7 @@ pub mod audit;
 pub mod clock_sync;
 pub mod command_filter;
 pub mod console;
+pub mod control_link;
 mod error;
 pub mod haptics;
 pub mod identity;

@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use tls::{client_crypto, server_crypto, transport_config, ClientAuth};
+pub use tls::{client_crypto, client_tls, server_crypto, server_tls, transport_config, ClientAuth};
 
 /// Application error codes used when closing a connection.
 pub mod close_code {

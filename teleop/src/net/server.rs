@@ -520,7 +520,7 @@ async fn tick_loop(shared: Arc<Shared>, period: Duration) {
         let now = shared.now();
         shared.with_core(|c| c.tick(now));
         n += 1;
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             if let Some(a) = lock(&shared.audit).as_mut() {
                 if let Err(e) = a.flush() {
                     tracing::error!("audit log: {e}");

@@ -1,0 +1,543 @@
+//! `telecho teleop serve --sim`: the patient side of the teleoperation link on the simulator.
+//!
+//! Threads and tasks:
+//!
+//! - the **control thread** (`telecho-control`): the 1 kHz loop — simulator, [`ProbeController`]
+//!   with its safety supervisor, and the [`OperatorSource`] fed by the QUIC server's accepted
+//!   commands (newest wins) and session requests. Paced on absolute 1 ms deadlines; after a
+//!   stall longer than 50 ms it resumes from now instead of catching up (simulated time then
+//!   lags the wall clock; the run summary counts these).
+//! - the **QUIC server** ([`TeleopServer`], tokio): authentication, lease, command acceptance
+//!   (lease, limits, rate, newest-wins, staleness, prediction over the measured delay), the
+//!   link watchdog, the audit log.
+//! - a **publisher** task: robot state and haptic feedback (measured wrench + the controller's
+//!   contact model) as datagrams at `--state-hz` (default 100).
+//! - an **ultrasound** thread: renders the simulator's B-mode image at the probe pose at
+//!   `--us-fps` (default 30), delta-zstd encodes it and sends it on its own stream.
+//!
+//! Link loss is handled by the control node itself: without a fresh command its supervisor
+//! holds (force regulation continues) after 100 ms and retracts to a safe height after 1 s;
+//! the retract is latched until the lease holder sends `Reset`. Either side can restart the
+//! connection: the lease is freed when the holder's connection closes and re-acquired on the
+//! new one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use nalgebra::Vector3;
+use serde::Serialize;
+use telecho_control::{
+    run_simulated, ControlOutput, ExecutorConfig, ProbeTarget, SafetyConfig, ScanExecutor,
+    ScanProtocol, TargetSource,
+};
+use telecho_core::Transform;
+use telecho_sim::plant::operator_start_pose;
+use telecho_sim::{SimWorld, UltrasoundSim, UsParams};
+use telecho_teleop::control_link::{contact_model, safety_code, OperatorSource};
+use telecho_teleop::net::server::{CommandReceiver, ServerConfig, ServerEvent, TeleopServer};
+use telecho_teleop::session::SessionRequest;
+use telecho_teleop::us_codec;
+use telecho_teleop::wire::{ContactModel, FrameEncoding, Pose, SafetyCode, UsFrameMsg};
+use tokio::sync::mpsc;
+
+use crate::cli_error::CliError;
+use crate::scan::{Scenario, DT_S};
+use crate::sim::Arm;
+use crate::CliResult;
+
+/// Damping of the contact model streamed to the console, N·s/m (the simulated tissue's
+/// damping is not estimated; a small value keeps the rendered contact well damped).
+const CONTACT_DAMPING_N_S_M: f64 = 50.0;
+/// A stall longer than this makes the loop resume from now instead of catching up.
+const MAX_CATCH_UP: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Run against the built-in simulator (today the only plant; required).
+    #[arg(long)]
+    sim: bool,
+    /// UDP address to listen on (e.g. 0.0.0.0:4433, 127.0.0.1:0 for any free port).
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// PKI directory made by `telecho certs init` (ca.pem, server.pem, server.key).
+    #[arg(long, value_name = "DIR")]
+    pki: PathBuf,
+    /// Hash-chained audit log (JSON lines; appended to, verified first when it exists).
+    #[arg(long, value_name = "PATH", default_value = "telecho-audit.log")]
+    audit: PathBuf,
+    /// Simulated patient (as `telecho scan --sim-seed N`).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    sim_seed: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    duration_s: Option<f64>,
+    /// Which bundled arm holds the probe.
+    #[arg(long, value_enum, default_value_t = Arm::Ur5e)]
+    arm: Arm,
+    /// Robot state and haptic feedback rate, Hz (60–1000).
+    #[arg(long, default_value_t = 100.0)]
+    state_hz: f64,
+    /// Ultrasound frame rate, frames/s (0 turns the stream off; at most 60).
+    #[arg(long, default_value_t = 30.0)]
+    us_fps: f64,
+    /// Commands older than this at arrival are refused, ms (20–2000).
+    #[arg(long, default_value_t = 200.0)]
+    max_age_ms: f64,
+    /// Print the run summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the control thread publishes for the network side.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    time_s: f64,
+    safety: SafetyCode,
+    joints_rad: Vec<f64>,
+    t_base_probe: Transform,
+    t_ct_probe: Transform,
+    force_n: Vector3<f64>,
+    contact: Option<ContactModel>,
+}
+
+/// Summary of a serve run.
+#[derive(Debug, Default, Serialize)]
+struct ServeReport {
+    listen: String,
+    seed: u64,
+    duration_s: f64,
+    sim_time_s: f64,
+    control_cycles: u64,
+    loop_stalls: u64,
+    connections: u64,
+    commands_accepted: u64,
+    commands_applied: u64,
+    commands_refused: u64,
+    malformed_datagrams: u64,
+    estops: u64,
+    resets: u64,
+    protocols_started: u64,
+    states_sent: u64,
+    frames_sent: u64,
+    frames_skipped: u64,
+    us_fps: f64,
+    force_max_n: f64,
+    force_limit_n: f64,
+    safety_events: std::collections::BTreeMap<String, u64>,
+    final_safety: String,
+    audit: String,
+    audit_records: u64,
+}
+
+/// The control loop's source: drains the server's channels into the [`OperatorSource`].
+struct LinkSource {
+    inner: OperatorSource,
+    commands: CommandReceiver,
+    events: mpsc::UnboundedReceiver<ServerEvent>,
+    start_pose: Transform,
+    safety: SafetyConfig,
+    protocols_started: u64,
+}
+
+impl LinkSource {
+    fn drain(&mut self) {
+        while let Ok(ev) = self.events.try_recv() {
+            match ev {
+                ServerEvent::Link(l) => self.inner.link(l),
+                ServerEvent::Session { by, request } => {
+                    tracing::info!(%by, ?request, "session request");
+                    if let SessionRequest::StartProtocol(name) = &request {
+                        self.start(name);
+                    } else {
+                        self.inner.session(&request);
+                    }
+                }
+                ServerEvent::Connected { conn, identity } => {
+                    tracing::info!(conn, who = %identity.name, role = identity.role.as_str(), "connected");
+                }
+                ServerEvent::Disconnected { conn } => tracing::info!(conn, "disconnected"),
+            }
+        }
+        if let Some(c) = self.commands.latest() {
+            self.inner.push_command(c);
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        let protocol = match name {
+            "lumbar" | "default" => ScanProtocol::default_lumbar(),
+            other => {
+                tracing::warn!(protocol = other, "unknown scan protocol (known: lumbar)");
+                return;
+            }
+        };
+        match ScanExecutor::new(
+            &protocol,
+            &self.start_pose,
+            &self.safety,
+            ExecutorConfig::default(),
+        ) {
+            Ok(exec) => {
+                if self.inner.start_protocol(name, exec) {
+                    self.protocols_started += 1;
+                } else {
+                    tracing::warn!("scan protocol refused: e-stop latched");
+                }
+            }
+            Err(e) => tracing::warn!("scan protocol refused: {e}"),
+        }
+    }
+}
+
+impl TargetSource for LinkSource {
+    fn next_target(&mut self, time_s: f64, last: &ControlOutput) -> Option<ProbeTarget> {
+        self.drain();
+        self.inner.next_target(time_s, last)
+    }
+
+    fn estop(&self) -> bool {
+        self.inner.estop()
+    }
+
+    fn reset(&mut self) -> bool {
+        self.inner.reset()
+    }
+}
+
+fn check_args(a: &ServeArgs) -> Result<(), CliError> {
+    if !a.sim {
+        return Err(CliError::input(anyhow!(
+            "only the simulator is supported so far: pass --sim"
+        )));
+    }
+    if let Some(d) = a.duration_s {
+        if !(d.is_finite() && d > 0.0 && d <= 1e6) {
+            return Err(CliError::input(anyhow!(
+                "--duration-s must be a positive number of seconds, got {d}"
+            )));
+        }
+    }
+    if !(a.state_hz.is_finite() && (60.0..=1000.0).contains(&a.state_hz)) {
+        return Err(CliError::input(anyhow!(
+            "--state-hz must be within 60–1000, got {}",
+            a.state_hz
+        )));
+    }
+    if !(a.us_fps.is_finite() && (0.0..=60.0).contains(&a.us_fps)) {
+        return Err(CliError::input(anyhow!(
+            "--us-fps must be within 0–60, got {}",
+            a.us_fps
+        )));
+    }
+    if !(a.max_age_ms.is_finite() && (20.0..=2000.0).contains(&a.max_age_ms)) {
+        return Err(CliError::input(anyhow!(
+            "--max-age-ms must be within 20–2000, got {}",
+            a.max_age_ms
+        )));
+    }
+    Ok(())
+}
+
+/// Set by SIGINT/SIGTERM: stop serving, flush the audit log, print the summary.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn install_interrupt_handler() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+pub(crate) fn run(args: &ServeArgs) -> CliResult {
+    check_args(args)?;
+    let sc = Scenario::new(args.arm, args.sim_seed, ScanProtocol::default_lumbar())?;
+    let safety = sc.controller.config().safety;
+    let mut config = ServerConfig::from_pki(&args.pki, args.listen)
+        .map_err(|e| CliError::input(anyhow!("--pki {}: {e}", args.pki.display())))?;
+    config.audit = Some(args.audit.clone());
+    config.core.acceptor.workspace_min_m = Vector3::from(safety.workspace_min_m);
+    config.core.acceptor.workspace_max_m = Vector3::from(safety.workspace_max_m);
+    config.core.acceptor.max_force_n = safety.force_limit_n - safety.setpoint_margin_n;
+    config.core.acceptor.max_age_s = args.max_age_ms * 1e-3;
+    config.core.predictor.max_horizon_s = config.core.predictor.max_horizon_s.max(
+        (args.max_age_ms * 1e-3).min(1.0), // predict over the whole accepted age
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+        .map_err(CliError::failed)?;
+    rt.block_on(serve(args, sc, config))
+}
+
+async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResult {
+    let wall = Instant::now();
+    let (server, channels) = TeleopServer::bind(config).map_err(|e| {
+        CliError::input(anyhow!(
+            "cannot serve on {} (audit log {}): {e}",
+            args.listen,
+            args.audit.display()
+        ))
+    })?;
+    let server = Arc::new(server);
+    let addr = server.local_addr().map_err(CliError::failed)?;
+    eprintln!("telecho teleop serve: listening on {addr}");
+
+    let Scenario {
+        world,
+        mut controller,
+        seed,
+        ..
+    } = sc;
+    let start_pose = operator_start_pose(&world, seed);
+    let force_limit_n = controller.config().safety.force_limit_n;
+    let safety = controller.config().safety;
+    let snapshot = Arc::new(Mutex::new(Snapshot {
+        time_s: 0.0,
+        safety: SafetyCode::Normal,
+        joints_rad: world.observe().q_rad.to_vec(),
+        t_base_probe: world.ground_truth().t_base_probe,
+        t_ct_probe: world.t_ct_probe(),
+        force_n: Vector3::zeros(),
+        contact: None,
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let phantom = world.phantom().clone();
+
+    // The control thread.
+    let control = {
+        let snapshot = snapshot.clone();
+        let stop = stop.clone();
+        let mut source = LinkSource {
+            inner: OperatorSource::new(),
+            commands: channels.commands,
+            events: channels.events,
+            start_pose,
+            safety,
+            protocols_started: 0,
+        };
+        let mut world = world;
+        std::thread::Builder::new()
+            .name("telecho-control".into())
+            .spawn(move || {
+                let mut out = controller.new_output();
+                let mut report = ServeReport::default();
+                let mut start = Instant::now();
+                let mut k = 0u64;
+                run_simulated(
+                    &mut world,
+                    &mut controller,
+                    &mut source,
+                    &mut out,
+                    DT_S,
+                    usize::MAX,
+                    |world: &SimWorld, out: &ControlOutput| {
+                        k += 1;
+                        let gt = world.ground_truth();
+                        report.force_max_n = report.force_max_n.max(gt.contact_force_base_n.norm());
+                        for e in out.events.as_slice() {
+                            *report
+                                .safety_events
+                                .entry(e.kind.name().to_owned())
+                                .or_default() += 1;
+                        }
+                        if k.is_multiple_of(5) {
+                            let obs = world.observe();
+                            let mut s = snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                            s.time_s = obs.time_s;
+                            s.safety = safety_code(&out.safety);
+                            s.joints_rad.clear();
+                            s.joints_rad.extend_from_slice(obs.q_rad);
+                            s.t_base_probe = out.t_base_probe;
+                            s.t_ct_probe = gt.t_ct_probe;
+                            s.force_n = out.contact_force_base_n;
+                            s.contact = contact_model(out, CONTACT_DAMPING_N_S_M);
+                        }
+                        // Pace on absolute deadlines.
+                        let deadline = start + Duration::from_micros(k * 1000);
+                        let now = Instant::now();
+                        if deadline > now {
+                            std::thread::sleep(deadline - now);
+                        } else if now - deadline > MAX_CATCH_UP {
+                            report.loop_stalls += 1;
+                            start = now - Duration::from_micros(k * 1000);
+                        }
+                        !stop.load(Ordering::Relaxed)
+                    },
+                );
+                report.control_cycles = k;
+                report.sim_time_s = world.time_s();
+                report.final_safety = format!("{:?}", safety_code(&out.safety)).to_lowercase();
+                let st = source.inner.stats();
+                report.commands_applied = st.applied;
+                report.estops = st.estops;
+                report.resets = st.resets;
+                report.protocols_started = source.protocols_started;
+                report
+            })
+            .context("control thread")
+            .map_err(CliError::failed)?
+    };
+
+    // Robot state and haptic feedback.
+    let states_sent = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let server = server.clone();
+        let sent = states_sent.clone();
+        let snapshot = snapshot.clone();
+        let period = Duration::from_secs_f64(1.0 / args.state_hz);
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(period);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                iv.tick().await;
+                let s = snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let pose = Pose::from_transform(&s.t_base_probe);
+                server.publish_state(s.safety, s.joints_rad, pose, s.force_n, Vector3::zeros());
+                server.publish_haptic(s.force_n, Vector3::zeros(), s.contact);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    // Ultrasound frames.
+    let frames_rendered = Arc::new(AtomicU64::new(0));
+    let us = if args.us_fps > 0.0 {
+        let server = server.clone();
+        let snapshot = snapshot.clone();
+        let stop = stop.clone();
+        let rendered = frames_rendered.clone();
+        let handle = tokio::runtime::Handle::current();
+        let period = Duration::from_secs_f64(1.0 / args.us_fps);
+        let mut us = UltrasoundSim::new(phantom, UsParams::default(), seed)
+            .context("ultrasound simulator")
+            .map_err(CliError::failed)?;
+        Some(
+            std::thread::Builder::new()
+                .name("telecho-us".into())
+                .spawn(move || {
+                    let _rt = handle.enter();
+                    let mut frame = us.new_frame();
+                    let start = Instant::now();
+                    let mut k = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let s = snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        if us.render(&s.t_ct_probe, &mut frame).is_ok() {
+                            if let Ok(payload) = us_codec::encode(
+                                &frame.pixels,
+                                frame.width,
+                                frame.height,
+                                FrameEncoding::DeltaZstd,
+                            ) {
+                                k += 1;
+                                server.publish_frame(UsFrameMsg {
+                                    seq: k,
+                                    acquired_s: server.now_s(),
+                                    width: frame.width as u16,
+                                    height: frame.height as u16,
+                                    lateral_spacing_m: frame.lateral_spacing_m,
+                                    axial_spacing_m: frame.axial_spacing_m,
+                                    probe: Pose::from_transform(&s.t_base_probe),
+                                    encoding: FrameEncoding::DeltaZstd,
+                                    payload,
+                                });
+                                rendered.store(k, Ordering::Relaxed);
+                            }
+                        }
+                        let deadline = start + period.mul_f64(k as f64);
+                        let now = Instant::now();
+                        if deadline > now {
+                            std::thread::sleep(deadline - now);
+                        }
+                    }
+                })
+                .context("ultrasound thread")
+                .map_err(CliError::failed)?,
+        )
+    } else {
+        None
+    };
+
+    install_interrupt_handler();
+    let until = args
+        .duration_s
+        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    while !INTERRUPTED.load(Ordering::Relaxed)
+        && until.is_none_or(|u| tokio::time::Instant::now() < u)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.abort();
+    let control_report = tokio::task::spawn_blocking(move || control.join())
+        .await
+        .ok()
+        .and_then(|r| r.ok());
+    if let Some(us) = us {
+        let _ = tokio::task::spawn_blocking(move || us.join()).await;
+    }
+    let duration_s = wall.elapsed().as_secs_f64();
+    let stats = server.stats();
+    let mut report =
+        control_report.ok_or_else(|| CliError::failed(anyhow!("the control thread panicked")))?;
+    report.listen = addr.to_string();
+    report.seed = seed;
+    report.duration_s = duration_s;
+    report.connections = stats.core.connections;
+    report.commands_accepted = stats.core.commands.accepted;
+    report.commands_refused = stats.core.commands.dropped();
+    report.malformed_datagrams = stats.core.malformed_datagrams;
+    report.states_sent = states_sent.load(Ordering::Relaxed);
+    report.frames_sent = stats.frames_sent;
+    report.frames_skipped = stats.frames_skipped;
+    report.us_fps = frames_rendered.load(Ordering::Relaxed) as f64 / duration_s.max(1e-9);
+    report.force_limit_n = force_limit_n;
+    report.audit = args.audit.display().to_string();
+    match Arc::try_unwrap(server) {
+        Ok(s) => s.shutdown().await.map_err(CliError::failed)?,
+        Err(s) => s.flush_audit().map_err(CliError::failed)?,
+    }
+    report.audit_records = telecho_teleop::audit::verify(&args.audit)
+        .map(|v| v.records)
+        .unwrap_or(0);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report)
+                .context("summary")
+                .map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "served {:.1} s on {}: {} connections, {} commands accepted ({} applied, {} refused), \
+             {} frames ({:.1} fps), max contact force {:.2} N (limit {:.0} N), final safety {}, \
+             audit {} ({} records)",
+            report.duration_s,
+            report.listen,
+            report.connections,
+            report.commands_accepted,
+            report.commands_applied,
+            report.commands_refused,
+            report.frames_sent,
+            report.us_fps,
+            report.force_max_n,
+            report.force_limit_n,
+            report.final_safety,
+            report.audit,
+            report.audit_records
+        );
+    }
+    Ok(())
+}
