@@ -201,7 +201,7 @@ fn scan(args: &BenchScanArgs) -> CliResult {
     let mut rows = Vec::new();
     for seed in args.first_seed..=last {
         let mut sc = Scenario::new(args.arm, seed, protocol.clone())?;
-        let r = run_scan(&mut sc, None, None)?;
+        let r = run_scan(&mut sc, None, None, None)?;
         if progress {
             eprint!(
                 "\rbench scan: seed {seed} ({}/{}) {} rms {:.3} N   ",

@@ -2,14 +2,19 @@
 //!
 //! The binary stays thin: it parses arguments, loads files and calls the libraries.
 
+mod audit;
 mod bench;
 mod certs;
 mod cli_error;
 mod demo;
+mod igtl;
 mod kin;
+mod node;
 mod perception;
+mod record;
 mod scan;
 mod sim;
+mod teleop;
 
 use std::process::ExitCode;
 
@@ -55,11 +60,34 @@ enum Command {
         #[command(subcommand)]
         command: certs::CertsCommand,
     },
+    /// OpenIGTLink for 3D Slicer / SlicerIGT: `igtl serve` streams a tracked sweep (probe pose,
+    /// ultrasound frames, landmarks, status) in millimetres and LPS.
+    Igtl {
+        #[command(subcommand)]
+        command: igtl::IgtlCommand,
+    },
     /// Benchmarks of the control node: force control over many seeded scans, real-time loop
     /// timing.
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Run one node as its own process over ROS 2 (DDS): `node control --sim` is the control
+    /// node on the simulator at 1 kHz with its ROS 2 adapter.
+    Node {
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
+    /// The teleoperation link: the patient side on the simulator (`teleop serve --sim`) and
+    /// the QUIC-against-TCP command-latency benchmark (`teleop bench`).
+    Teleop {
+        #[command(subcommand)]
+        command: teleop::TeleopCommand,
+    },
+    /// The hash-chained audit log of the teleoperation link: `audit verify FILE`.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
 }
 
@@ -81,8 +109,12 @@ fn main() -> ExitCode {
         Command::Sim { command } => sim::run(&command),
         Command::Scan(args) => scan::run(&args),
         Command::Bench { command } => bench::run(&command),
+        Command::Node { command } => node::run(&command),
         Command::Perception { command } => perception::run(&command),
         Command::Certs { command } => certs::run(&command),
+        Command::Igtl { command } => igtl::run(&command),
+        Command::Teleop { command } => teleop::run(&command),
+        Command::Audit { command } => audit::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,6 +40,7 @@ use telecho_sim::plant::{operator_start_pose, patient_workspace, seeded_stiffnes
 use telecho_sim::{FtFault, Phantom, SimWorld, UltrasoundSim, UsFrame, UsParams};
 
 use crate::cli_error::CliError;
+use crate::record::ScanTap;
 use crate::sim::{world_config, Arm, PatientCt};
 use crate::CliResult;
 
@@ -79,6 +80,10 @@ pub(crate) struct ScanArgs {
     /// nan, stale or stuck (e.g. `nan@20`), to watch the scan abort safely.
     #[arg(long, value_name = "KIND@SECONDS")]
     inject_ft_fault: Option<String>,
+    /// Also record the run as MCAP (ROS 2 topics, CDR): 1 kHz wrench and joint states, 100 Hz
+    /// tf, target pose and force setpoint, every ultrasound frame, safety events.
+    #[arg(long, value_name = "FILE.mcap")]
+    record: Option<PathBuf>,
 }
 
 /// The arm's name in reports.
@@ -412,6 +417,7 @@ pub(crate) fn run_scan(
     sc: &mut Scenario,
     mut recorder: Option<&mut SweepRecorder>,
     fault: Option<FaultInjection>,
+    mut tap: Option<&mut ScanTap>,
 ) -> Result<ScanReport, CliError> {
     let wall = Instant::now();
     let force_limit_n = sc.controller.config().safety.force_limit_n;
@@ -493,13 +499,26 @@ pub(crate) fn run_scan(
         }
         last_state = p.state;
         last_sweep = p.sweep_index;
+        if let Some(t) = tap.as_deref_mut() {
+            if let Err(e) = t.cycle(world, out) {
+                record_error = Some(e);
+                return false;
+            }
+        }
         if let Some(r) = recorder.as_deref_mut() {
             let contact_phase = matches!(p.state, ScanState::Contact | ScanState::Sweep);
-            if contact_phase && cycle % r.interval_cycles == 0 {
+            if contact_phase && cycle.is_multiple_of(r.interval_cycles) {
                 let name = sweeps.get(p.sweep_index).map_or("", |s| s.name.as_str());
                 if let Err(e) = r.record(world, out, &p, name) {
                     record_error = Some(e);
                     return false;
+                }
+                if let Some(t) = tap.as_deref_mut() {
+                    let f = &r.frame;
+                    if let Err(e) = t.image(world.time_s(), f.width, f.height, &f.pixels) {
+                        record_error = Some(e);
+                        return false;
+                    }
                 }
                 if let Some(s) = sweeps.get_mut(p.sweep_index) {
                     s.frames += 1;
@@ -663,6 +682,16 @@ impl SweepRecorder {
             truth: Vec::new(),
             interval_cycles: interval_cycles.max(1),
         })
+    }
+
+    /// Per recorded frame: time (s), the controller's force estimate along the probe axis (N),
+    /// its force reference (N) and the simulator's true axial contact force (N).
+    pub(crate) fn force_trace(&self) -> Vec<[f64; 4]> {
+        self.frames
+            .iter()
+            .zip(&self.truth)
+            .map(|(f, t)| [f.time_s, f.force_n, f.force_setpoint_n, t.contact_force_n])
+            .collect()
     }
 
     fn record(
@@ -894,10 +923,46 @@ pub(crate) fn record_sweep(
 ) -> Result<(ScanReport, telecho_core::Transform, telecho_core::Transform), CliError> {
     let mut sc = Scenario::new(arm, seed, ScanProtocol::default_lumbar())?;
     let mut recorder = SweepRecorder::create(sweep_dir, &sc, u64::from(frame_interval_ms))?;
-    let report = run_scan(&mut sc, Some(&mut recorder), None)?;
+    let report = run_scan(&mut sc, Some(&mut recorder), None, None)?;
     recorder.finish(&sc, &report).map_err(CliError::failed)?;
     let truth = sc.world.ground_truth().t_base_ct;
     Ok((report, truth, sc.world.nominal_t_base_ct()))
+}
+
+/// What [`scan_into`] ran and wrote.
+#[derive(Debug)]
+pub(crate) struct Scanned {
+    pub(crate) report: ScanReport,
+    /// `ground_truth.json`.
+    pub(crate) truth_path: PathBuf,
+    /// `sweep/sweep.json`.
+    pub(crate) sweep_path: PathBuf,
+    /// Per recorded frame: time (s), force estimate, force reference and true force (N).
+    pub(crate) force_trace: Vec<[f64; 4]>,
+}
+
+/// Runs the scenario, recording the tracked sweep into `out/sweep/` (a frame every
+/// `frame_interval_ms` of simulated time in contact) and the evaluator's `out/ground_truth.json`,
+/// and MCAP into `tap` when given. Whatever was recorded is kept when the run fails.
+pub(crate) fn scan_into(
+    sc: &mut Scenario,
+    out: &Path,
+    frame_interval_ms: u32,
+    fault: Option<FaultInjection>,
+    tap: Option<&mut ScanTap>,
+) -> Result<Scanned, CliError> {
+    let mut recorder = SweepRecorder::create(&out.join("sweep"), sc, u64::from(frame_interval_ms))?;
+    let result = run_scan(sc, Some(&mut recorder), fault, tap);
+    let truth_path = out.join("ground_truth.json");
+    write_ground_truth(&truth_path, sc, &recorder.truth).map_err(CliError::failed)?;
+    let report = result?;
+    let sweep_path = recorder.finish(sc, &report).map_err(CliError::failed)?;
+    Ok(Scanned {
+        force_trace: recorder.force_trace(),
+        report,
+        truth_path,
+        sweep_path,
+    })
 }
 
 /// `telecho scan`.
@@ -929,17 +994,33 @@ pub(crate) fn run(args: &ScanArgs) -> CliResult {
         protocol = %sc.protocol.name,
         "scanning the simulated patient"
     );
-    let mut recorder = SweepRecorder::create(
-        &args.out.join("sweep"),
-        &sc,
-        u64::from(args.frame_interval_ms),
-    )?;
-    let result = run_scan(&mut sc, Some(&mut recorder), fault);
-    // Whatever was recorded is kept, even when the run failed.
-    let truth_path = args.out.join("ground_truth.json");
-    write_ground_truth(&truth_path, &sc, &recorder.truth).map_err(CliError::failed)?;
-    let mut report = result?;
-    let sweep_path = recorder.finish(&sc, &report).map_err(CliError::failed)?;
+    let mut tap = match &args.record {
+        Some(path) => Some(
+            ScanTap::create(path, sc.world.chain().joint_names().to_vec())
+                .map_err(CliError::failed)?,
+        ),
+        None => None,
+    };
+    let scanned = scan_into(
+        &mut sc,
+        &args.out,
+        args.frame_interval_ms,
+        fault,
+        tap.as_mut(),
+    );
+    // The recording is closed whatever happened, so that it keeps everything up to the end.
+    if let Some(t) = tap {
+        let messages = t.finish().map_err(CliError::failed)?;
+        if let Some(path) = &args.record {
+            eprintln!("recorded {messages} messages into {}", path.display());
+        }
+    }
+    let Scanned {
+        mut report,
+        truth_path,
+        sweep_path,
+        ..
+    } = scanned?;
     report.out = Some(args.out.display().to_string());
     if args.json {
         println!(

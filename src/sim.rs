@@ -59,8 +59,8 @@ impl Arm {
     /// (robot name, URDF text).
     pub(crate) fn bundled(self) -> (&'static str, &'static str) {
         match self {
-            Arm::Ur5e => crate::demo::BUNDLED_ARMS[0],
-            Arm::Panda => crate::demo::BUNDLED_ARMS[1],
+            Arm::Ur5e => crate::demo::kinematics::BUNDLED_ARMS[0],
+            Arm::Panda => crate::demo::kinematics::BUNDLED_ARMS[1],
         }
     }
 }
@@ -179,6 +179,11 @@ impl PatientCt {
 
     /// Writes `out/ct.nii.gz`, the DICOM series `out/dicom/` and `out/landmarks.json` (creating
     /// `out`); the same seed and voxel size give byte-identical files.
+    /// The simulated CBCT.
+    pub(crate) fn volume(&self) -> &telecho_perception::volume::Volume {
+        &self.volume
+    }
+
     pub(crate) fn write(&self, out: &std::path::Path) -> Result<PatientFiles, CliError> {
         std::fs::create_dir_all(out)
             .with_context(|| format!("cannot create {}", out.display()))

@@ -1,36 +1,184 @@
-//! `telecho demo` (today the kinematics self-check of the bundled arms) end to end.
+//! `telecho demo` end to end: the whole system on the simulator, its report and its recording.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[test]
-fn demo_self_check_passes_with_json_summary() {
-    let out = Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args(["demo", "--json", "--poses", "100"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["passed"], true);
-    let arms = v["arms"].as_array().unwrap();
-    assert_eq!(arms.len(), 2);
-    for a in arms {
-        assert!(a["ik_success_rate"].as_f64().unwrap() >= 0.995, "{a}");
-        assert!(a["ik_max_position_error_m"].as_f64().unwrap() < 1e-6, "{a}");
-        assert!(a["jacobian_max_fd_error"].as_f64().unwrap() < 1e-6, "{a}");
-    }
-    assert_eq!(arms[0]["dof"], 6);
-    assert_eq!(arms[1]["dof"], 7);
+use telecho_core::peers::{missing_peer, python_output};
+use telecho_core::recording::read_recording;
+use telecho_core::ros_msgs::{from_cdr, JointState, WrenchStamped};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("telecho-cli-demo-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Share of pixels that differ from the top-left pixel: 0 for a blank image.
+fn non_blank_fraction(path: &Path) -> f64 {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let data = &buf[..info.buffer_size()];
+    let first = &data[..px];
+    let n = data.len() / px;
+    data.chunks(px).filter(|p| *p != first).count() as f64 / n as f64
 }
 
 #[test]
-fn demo_rejects_zero_poses() {
-    let out = Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args(["demo", "--poses", "0"])
+fn demo_runs_scan_registration_and_writes_report_and_recording() {
+    let out = temp_dir("full");
+    let run = Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args([
+            "demo",
+            "--json",
+            "--sim-seed",
+            "7",
+            "--poses",
+            "40",
+            "--out",
+        ])
+        .arg(&out)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["passed"], true, "{v}");
+    let phases: Vec<&str> = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "kinematics",
+            "patient",
+            "scan",
+            "registration",
+            "expert_review",
+            "report"
+        ]
+    );
+    // Control: the protocol completed within the force targets.
+    let scan = &v["scan"];
+    assert_eq!(scan["completed"], true);
+    assert_eq!(scan["force_limit_violations"], 0);
+    assert!(scan["force_rms_error_n"].as_f64().unwrap() < 0.3, "{scan}");
+    assert!(scan["force_max_n"].as_f64().unwrap() < 20.0, "{scan}");
+    let frames = scan["frames"].as_u64().unwrap();
+    assert!(frames > 500, "{scan}");
+    // Perception: registered without an initial guess, within the issue's accuracy.
+    let reg = &v["registration"];
+    assert!(reg["refused"].is_null(), "{reg}");
+    assert_eq!(reg["accepted_by_expert"], true);
+    assert!(reg["tre_median_mm"].as_f64().unwrap() < 1.0, "{reg}");
+    assert!(reg["tre_p95_mm"].as_f64().unwrap() < 2.0, "{reg}");
+    assert_eq!(reg["landmarks_reported"], 40);
+    assert!(
+        reg["landmark_error_median_mm"].as_f64().unwrap() < 2.0,
+        "{reg}"
+    );
+
+    // The report and its plots.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for img in ["force.png", "overlay.png", "landmarks.png", "phases.png"] {
+        assert!(
+            html.contains(&format!("src=\"{img}\"")),
+            "{img} not in the report"
+        );
+        let f = non_blank_fraction(&out.join(img));
+        assert!(f > 0.01, "{img} is blank ({f})");
+    }
+    assert!(html.contains("L3_spinous_tip"));
+
+    // The recording: 1 kHz wrench and joint states over the whole scan, one image per frame.
+    let duration_s = scan["duration_s"].as_f64().unwrap();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut first_wrench = None;
+    let mut first_joints = None;
+    for m in read_recording(out.join("telecho.mcap")).unwrap() {
+        let m = m.unwrap();
+        *counts.entry(m.topic.clone()).or_default() += 1;
+        if m.topic == "/probe/wrench" && first_wrench.is_none() {
+            first_wrench = Some(from_cdr::<WrenchStamped>(&m.data).unwrap());
+        }
+        if m.topic == "/joint_states" && first_joints.is_none() {
+            first_joints = Some(from_cdr::<JointState>(&m.data).unwrap());
+        }
+    }
+    let expected_cycles = duration_s * 1000.0;
+    let wrenches = counts["/probe/wrench"] as f64;
+    assert!(
+        (wrenches - expected_cycles).abs() < 5.0,
+        "{wrenches} wrenches for {duration_s} s"
+    );
+    assert_eq!(counts["/joint_states"], counts["/probe/wrench"]);
+    assert_eq!(counts["/us/image"], frames);
+    assert!(counts["/tf"] as f64 > expected_cycles / 10.0 - 5.0);
+    assert_eq!(first_wrench.unwrap().header.frame_id, "ft_sensor");
+    let joints = first_joints.unwrap();
+    assert_eq!(joints.name.len(), 6);
+    assert_eq!(joints.position.len(), 6);
+    assert_eq!(
+        v["recording_messages"].as_u64().unwrap(),
+        counts.values().sum::<u64>()
+    );
+
+    // An independent reader (PyPI mcap + mcap-ros2-support) decodes the same file.
+    if python_output("import mcap, mcap_ros2; print('ok')").is_none() {
+        missing_peer(
+            "PyPI mcap + mcap-ros2-support",
+            "python3 -m pip install mcap==1.6.0 mcap-ros2-support==0.6.0",
+        );
+    } else {
+        let code = format!(
+            "from mcap.reader import make_reader\n\
+             from mcap_ros2.decoder import DecoderFactory\n\
+             r = make_reader(open({path:?}, 'rb'), decoder_factories=[DecoderFactory()])\n\
+             n = 0\n\
+             for _, ch, _, msg in r.iter_decoded_messages(topics=['/us/image']):\n\
+             \x20   assert msg.encoding == 'mono8' and msg.width * msg.height == len(msg.data)\n\
+             \x20   n += 1\n\
+             w = next(r.iter_decoded_messages(topics=['/probe/wrench']))[3]\n\
+             print(n, w.header.frame_id)\n",
+            path = out.join("telecho.mcap").display().to_string()
+        );
+        let got = python_output(&code).expect("the Python reader failed");
+        assert_eq!(got, format!("{frames} ft_sensor"));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn demo_rejects_bad_arguments_before_writing() {
+    let out = temp_dir("bad");
+    let run = Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args(["demo", "--poses", "0", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(!out.join("report.html").exists());
+    let file = temp_dir("file");
+    std::fs::write(&file, b"x").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args(["demo", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
 }

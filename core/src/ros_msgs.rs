@@ -254,6 +254,20 @@ ros_message!(
     []
 );
 
+/// `std_msgs/msg/String` (e.g. `/robot_description`, the URDF XML). Named `StringMsg` so it does
+/// not shadow [`std::string::String`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StringMsg {
+    pub data: String,
+}
+ros_message!(
+    StringMsg,
+    STRING_DEF,
+    "std_msgs/msg/String",
+    "string data\n",
+    []
+);
+
 // ---------------------------------------------------------------------------------------------
 // geometry_msgs
 
@@ -650,3 +664,77 @@ ros_message!(
     "visualization_msgs/Marker[] markers\n",
     [MARKER_DEF]
 );
+
+// ---------------------------------------------------------------------------------------------
+// diagnostic_msgs: safety events and node status, as `ros2 topic echo` and Foxglove show them.
+
+/// `diagnostic_msgs/msg/KeyValue`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+ros_message!(
+    KeyValue,
+    KEY_VALUE_DEF,
+    "diagnostic_msgs/msg/KeyValue",
+    "string key\nstring value\n",
+    []
+);
+
+/// `diagnostic_msgs/msg/DiagnosticStatus`; `level` is one of the `DiagnosticStatus::OK`… constants.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiagnosticStatus {
+    pub level: u8,
+    pub name: String,
+    pub message: String,
+    pub hardware_id: String,
+    pub values: Vec<KeyValue>,
+}
+
+impl DiagnosticStatus {
+    /// Level `OK`.
+    pub const OK: u8 = 0;
+    /// Level `WARN`.
+    pub const WARN: u8 = 1;
+    /// Level `ERROR`.
+    pub const ERROR: u8 = 2;
+    /// Level `STALE`.
+    pub const STALE: u8 = 3;
+}
+ros_message!(
+    DiagnosticStatus,
+    DIAGNOSTIC_STATUS_DEF,
+    "diagnostic_msgs/msg/DiagnosticStatus",
+    "byte OK=0\nbyte WARN=1\nbyte ERROR=2\nbyte STALE=3\nbyte level\nstring name\nstring message\nstring hardware_id\ndiagnostic_msgs/KeyValue[] values\n",
+    [KEY_VALUE_DEF]
+);
+
+/// `diagnostic_msgs/msg/DiagnosticArray`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosticArray {
+    pub header: Header,
+    pub status: Vec<DiagnosticStatus>,
+}
+ros_message!(
+    DiagnosticArray,
+    DIAGNOSTIC_ARRAY_DEF,
+    "diagnostic_msgs/msg/DiagnosticArray",
+    "std_msgs/Header header\ndiagnostic_msgs/DiagnosticStatus[] status\n",
+    [HEADER_DEF, DIAGNOSTIC_STATUS_DEF]
+);
+
+#[cfg(test)]
+mod string_msg_tests {
+    use super::*;
+
+    #[test]
+    fn string_msg_is_a_cdr_string_with_its_terminating_nul() {
+        let bytes = to_cdr(&StringMsg { data: "ab".into() }).unwrap();
+        // Header, length 3 (two characters and the NUL), "ab\0".
+        assert_eq!(bytes, [0, 1, 0, 0, 3, 0, 0, 0, b'a', b'b', 0]);
+        assert_eq!(from_cdr::<StringMsg>(&bytes).unwrap().data, "ab");
+        assert_eq!(StringMsg::TYPE_NAME, "std_msgs/msg/String");
+        assert_eq!(StringMsg::schema_text(), "string data\n");
+    }
+}

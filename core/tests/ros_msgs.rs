@@ -425,3 +425,51 @@ proptest! {
         prop_assert!(from_cdr::<JointState>(&bytes[..n]).is_err());
     }
 }
+
+/// diagnostic_msgs/DiagnosticArray (safety events), laid out by hand: a `byte` is one octet,
+/// and every string and sequence length re-aligns to 4.
+#[test]
+fn diagnostic_array_bytes_by_hand() {
+    let msg = DiagnosticArray {
+        header: Header {
+            stamp: Time { sec: 1, nanosec: 2 },
+            frame_id: "a".into(),
+        },
+        status: vec![DiagnosticStatus {
+            level: DiagnosticStatus::ERROR,
+            name: "n".into(),
+            message: String::new(),
+            hardware_id: String::new(),
+            values: vec![KeyValue {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+        }],
+    };
+    let mut want = vec![0x00, 0x01, 0x00, 0x00];
+    want.extend([1, 0, 0, 0, 2, 0, 0, 0]); // 0: stamp
+    want.extend([2, 0, 0, 0, b'a', 0]); // 8: frame_id
+    want.extend([0, 0, 1, 0, 0, 0]); // 14: pad, 16: one status
+    want.push(2); // 20: level ERROR
+    want.extend([0, 0, 0, 2, 0, 0, 0, b'n', 0]); // 21: pad, 24: name
+    want.extend([0, 0, 1, 0, 0, 0, 0]); // 30: pad, 32: empty message
+    want.extend([0, 0, 0, 1, 0, 0, 0, 0]); // 37: pad, 40: empty hardware_id
+    want.extend([0, 0, 0, 1, 0, 0, 0]); // 45: pad, 48: one key/value
+    want.extend([2, 0, 0, 0, b'k', 0]); // 52: key
+    want.extend([0, 0, 2, 0, 0, 0, b'v', 0]); // 58: pad, 60: value
+    assert_eq!(to_cdr(&msg).unwrap(), want);
+    assert_eq!(from_cdr::<DiagnosticArray>(&want).unwrap(), msg);
+    assert_eq!(
+        DiagnosticArray::TYPE_NAME,
+        "diagnostic_msgs/msg/DiagnosticArray"
+    );
+    let schema = DiagnosticArray::schema_text();
+    assert!(
+        schema.contains("\nMSG: diagnostic_msgs/DiagnosticStatus\nbyte OK=0\n"),
+        "{schema}"
+    );
+    assert!(
+        schema.contains("\nMSG: diagnostic_msgs/KeyValue\nstring key\n"),
+        "{schema}"
+    );
+}

@@ -1,114 +1,53 @@
-//! `telecho demo`: the whole system on the built-in simulator, headless.
-//!
-//! Until the simulator, control and perception nodes land, the demo is the kinematics self-check
-//! of the bundled arms: FK/IK round trips and Jacobian-versus-finite-difference checks on seeded
-//! random configurations. The command line stays the same when the full demo replaces it.
+//! The demo's first phase: the kinematics self-check of the bundled arms (FK/IK round trips and
+//! Jacobian-versus-finite-difference checks on seeded random configurations).
 
 use std::time::Instant;
 
 use anyhow::anyhow;
-use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use telecho_control::{Chain, IkConfig, IkSolver};
 
 use crate::cli_error::CliError;
-use crate::CliResult;
 
 /// The arms bundled with telecho: (name, URDF text).
 pub(crate) const BUNDLED_ARMS: [(&str, &str); 2] = [
-    ("ur5e_probe", include_str!("../urdf/ur5e_probe.urdf")),
-    ("panda_probe", include_str!("../urdf/panda_probe.urdf")),
+    ("ur5e_probe", include_str!("../../urdf/ur5e_probe.urdf")),
+    ("panda_probe", include_str!("../../urdf/panda_probe.urdf")),
 ];
 
-#[derive(Debug, Args)]
-pub(crate) struct DemoArgs {
-    /// Random poses per arm.
-    #[arg(long, default_value_t = 200)]
-    poses: usize,
-    /// Seed of the random configurations.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Print the summary as one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
+/// One arm's self-check.
 #[derive(Debug, Serialize)]
-struct ArmCheck {
-    arm: String,
-    dof: usize,
-    poses: usize,
-    ik_success_rate: f64,
-    ik_max_position_error_m: f64,
-    ik_max_orientation_error_rad: f64,
-    jacobian_max_fd_error: f64,
-    ik_mean_time_us: f64,
+pub(crate) struct ArmCheck {
+    pub(crate) arm: String,
+    pub(crate) dof: usize,
+    pub(crate) poses: usize,
+    pub(crate) ik_success_rate: f64,
+    pub(crate) ik_max_position_error_m: f64,
+    pub(crate) ik_max_orientation_error_rad: f64,
+    pub(crate) jacobian_max_fd_error: f64,
+    pub(crate) ik_mean_time_us: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct DemoOut {
-    phase: &'static str,
-    arms: Vec<ArmCheck>,
-    passed: bool,
+impl ArmCheck {
+    /// IK reaches ≥ 99.5 % of the poses and the Jacobian matches finite differences.
+    pub(crate) fn passed(&self) -> bool {
+        self.ik_success_rate >= 0.995 && self.jacobian_max_fd_error < 1e-6
+    }
 }
 
-pub(crate) fn run(args: &DemoArgs) -> CliResult {
-    if args.poses == 0 {
+/// Checks both bundled arms on `poses` random configurations drawn from `seed`.
+pub(crate) fn check_bundled_arms(poses: usize, seed: u64) -> Result<Vec<ArmCheck>, CliError> {
+    if poses == 0 {
         return Err(CliError::input(anyhow!("--poses must be at least 1")));
     }
     let mut arms = Vec::new();
     for (name, urdf) in BUNDLED_ARMS {
         let chain = Chain::from_urdf_str(urdf, None, "probe_tip").map_err(CliError::failed)?;
-        arms.push(check_arm(name, &chain, args.poses, args.seed));
+        arms.push(check_arm(name, &chain, poses, seed));
     }
-    let passed = arms
-        .iter()
-        .all(|a| a.ik_success_rate >= 0.995 && a.jacobian_max_fd_error < 1e-6);
-    let out = DemoOut {
-        phase: "kinematics self-check",
-        arms,
-        passed,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&out).map_err(CliError::failed)?);
-    } else {
-        println!(
-            "telecho demo — {} (full system demo lands with the simulator)",
-            out.phase
-        );
-        println!(
-            "{:<12} {:>3} {:>6} {:>10} {:>14} {:>16} {:>12} {:>10}",
-            "arm", "dof", "poses", "IK ok", "IK pos err m", "IK rot err rad", "J vs FD", "IK µs"
-        );
-        for a in &out.arms {
-            println!(
-                "{:<12} {:>3} {:>6} {:>9.1}% {:>14.2e} {:>16.2e} {:>12.2e} {:>10.1}",
-                a.arm,
-                a.dof,
-                a.poses,
-                100.0 * a.ik_success_rate,
-                a.ik_max_position_error_m,
-                a.ik_max_orientation_error_rad,
-                a.jacobian_max_fd_error,
-                a.ik_mean_time_us
-            );
-        }
-        println!(
-            "{}",
-            if out.passed {
-                "self-check passed"
-            } else {
-                "self-check FAILED"
-            }
-        );
-    }
-    if out.passed {
-        Ok(())
-    } else {
-        Err(CliError::failed(anyhow!("kinematics self-check failed")))
-    }
+    Ok(arms)
 }
 
 fn check_arm(name: &str, chain: &Chain, poses: usize, seed: u64) -> ArmCheck {

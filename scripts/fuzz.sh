@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every libFuzzer target in fuzz/ for SECONDS each (default 30: the CI smoke run; use 600
+# or more for a real campaign). Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); builds on
+# stable Rust without sanitizers (`-s none`: coverage-guided only; panics and aborts are the
+# findings). New interesting inputs are added to fuzz/corpus/<target>/; a crash leaves its input
+# in fuzz/artifacts/<target>/ and fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+SECONDS_EACH="${1:-30}"
+TARGETS=(teleop_wire scan_protocol urdf igtl)
+cargo fuzz build -s none -O
+for t in "${TARGETS[@]}"; do
+    echo "== fuzz $t for ${SECONDS_EACH}s"
+    mkdir -p "corpus/$t"
+    # -max_len bounds one input (URDF and TOML seeds are a few kB); stats on the last line.
+    cargo fuzz run -s none -O "$t" -- -max_total_time="$SECONDS_EACH" -max_len=65536 \
+        -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)|panicked|ERROR" || true
+    if ls "artifacts/$t"/crash-* "artifacts/$t"/oom-* "artifacts/$t"/timeout-* >/dev/null 2>&1; then
+        echo "fuzz target $t found a failing input: see fuzz/artifacts/$t" >&2
+        exit 1
+    fi
+done
