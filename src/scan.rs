@@ -331,7 +331,7 @@ fn event_unit(kind: SafetyEventKind) -> &'static str {
         SensorStale | WatchdogHold | WatchdogRetract => "s",
         WorkspaceLimit | ContactNotFound => "m",
         CartesianSpeed => "m/s",
-        TrackingError => "rad",
+        TrackingError | JointPositionLimit => "rad",
         JointAccelerationLimit => "rad/s²",
         _ => "",
     }

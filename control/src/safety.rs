@@ -887,33 +887,47 @@ impl SafetySupervisor {
             qd.iter_mut().for_each(|v| *v *= scale);
         }
         let dv_max = self.config.joint_acceleration_rad_s2 * dt;
-        let mut acc = false;
+        // The largest acceleration asked for by a clamped joint (rad/s²).
+        let mut acc: Option<f64> = None;
         for (v, p) in qd.iter_mut().zip(qd_prev) {
             let dv = *v - p;
             let speeding_up = v.abs() > p.abs() || v.signum() != p.signum();
             if speeding_up && dv.abs() > dv_max * (1.0 + 1e-9) {
                 // Keep the part that slows down toward zero, clamp the rest.
                 *v = p + dv.clamp(-dv_max, dv_max);
-                acc = true;
+                let asked = if dt > 0.0 {
+                    dv.abs() / dt
+                } else {
+                    f64::INFINITY
+                };
+                acc = Some(acc.map_or(asked, |a| a.max(asked)));
             }
         }
-        if acc {
+        if let Some(asked) = acc {
             self.raise(
                 SafetyEventKind::JointAccelerationLimit,
-                f64::NAN,
+                asked,
                 self.config.joint_acceleration_rad_s2,
             );
         }
-        let mut pos = false;
+        // The first joint stopped at its limit: where it would have gone and the limit (rad).
+        let mut pos: Option<(f64, f64)> = None;
         for (i, v) in qd.iter_mut().enumerate() {
             let next = q[i] + *v * dt;
-            if (next > self.upper[i] && *v > 0.0) || (next < self.lower[i] && *v < 0.0) {
+            let crossing = if next > self.upper[i] && *v > 0.0 {
+                Some(self.upper[i])
+            } else if next < self.lower[i] && *v < 0.0 {
+                Some(self.lower[i])
+            } else {
+                None
+            };
+            if let Some(limit) = crossing {
                 *v = 0.0;
-                pos = true;
+                pos.get_or_insert((next, limit));
             }
         }
-        if pos {
-            self.raise(SafetyEventKind::JointPositionLimit, f64::NAN, f64::NAN);
+        if let Some((next, limit)) = pos {
+            self.raise(SafetyEventKind::JointPositionLimit, next, limit);
         }
     }
 

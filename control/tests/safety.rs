@@ -410,10 +410,18 @@ fn supervisor_joint_velocity_acceleration_and_position_limits() {
     s.limit_joints(&q, &mut qd, &[0.0; 6], 1e-3);
     assert!((qd[0] - 10.0 * 1e-3).abs() < 1e-12, "{}", qd[0]);
     assert!(s.events().contains(SafetyEventKind::JointAccelerationLimit));
+    // The event carries the acceleration asked for (0.5 rad/s in 1 ms) and the limit.
+    let e = s
+        .events()
+        .as_slice()
+        .iter()
+        .find(|e| e.kind == SafetyEventKind::JointAccelerationLimit)
+        .unwrap();
+    assert!((e.value - 500.0).abs() < 1e-9 && e.limit == 10.0, "{e:?}");
     s.end_cycle();
     // Position: a joint at its limit cannot move further out.
     s.begin_cycle(0.002);
-    let (_, hi) = s.joint_position_limits();
+    let hi = s.joint_position_limits().1.to_vec();
     let mut q = [0.0; 6];
     q[2] = hi[2];
     let mut qd = [0.0, 0.0, 0.01, 0.0, 0.0, 0.0];
@@ -421,6 +429,17 @@ fn supervisor_joint_velocity_acceleration_and_position_limits() {
     s.limit_joints(&q, &mut qd, &prev, 1e-3);
     assert_eq!(qd[2], 0.0);
     assert!(s.events().contains(SafetyEventKind::JointPositionLimit));
+    // The event carries where the joint would have gone and the limit it would have crossed.
+    let e = s
+        .events()
+        .as_slice()
+        .iter()
+        .find(|e| e.kind == SafetyEventKind::JointPositionLimit)
+        .unwrap();
+    assert!(
+        (e.value - (hi[2] + 1e-5)).abs() < 1e-12 && e.limit == hi[2],
+        "{e:?}"
+    );
     // Final command check: NaN and out-of-range commands are rejected.
     assert!(!s.check_command(&[f64::NAN, 0.0, 0.0, 0.0, 0.0, 0.0], 0.0));
     assert!(!s.check_command(&[0.0, 0.0, 4.0, 0.0, 0.0, 0.0], 0.0));
