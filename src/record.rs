@@ -39,7 +39,8 @@ const SLOW_EVERY: u64 = 10;
 #[derive(Debug)]
 pub(crate) struct ScanTap {
     recorder: Recorder,
-    joint_names: Vec<String>,
+    /// Reused every cycle (names fixed, positions and velocities overwritten).
+    joints: JointState,
     cycle: u64,
     /// Messages written.
     pub(crate) messages: u64,
@@ -80,7 +81,13 @@ impl ScanTap {
             .with_context(|| format!("cannot create the recording {}", path.display()))?;
         Ok(Self {
             recorder,
-            joint_names,
+            joints: JointState {
+                header: Header::default(),
+                position: vec![0.0; joint_names.len()],
+                velocity: vec![0.0; joint_names.len()],
+                name: joint_names,
+                effort: Vec::new(),
+            },
             cycle: 0,
             messages: 0,
         })
@@ -103,17 +110,13 @@ impl ScanTap {
             },
         )?;
         let (h, ns) = header(obs.time_s, "");
-        r.write(
-            "/joint_states",
-            ns,
-            &JointState {
-                header: h,
-                name: self.joint_names.clone(),
-                position: obs.q_rad.to_vec(),
-                velocity: obs.qd_rad_s.to_vec(),
-                effort: Vec::new(),
-            },
-        )?;
+        let j = &mut self.joints;
+        j.header = h;
+        j.position.clear();
+        j.position.extend_from_slice(obs.q_rad);
+        j.velocity.clear();
+        j.velocity.extend_from_slice(obs.qd_rad_s);
+        r.write("/joint_states", ns, j)?;
         self.messages += 2;
         if self.cycle.is_multiple_of(SLOW_EVERY) {
             let (h, ns) = header(obs.time_s, BASE_FRAME);

@@ -316,7 +316,7 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
     let bar = phase_bar("report");
     let overlay_frame = pick_overlay_frame(&sweep, &outcome.compounded);
     let overlay = args.out.join("overlay.png");
-    let (reslice, image) = fuse_frame(
+    let (_, image) = fuse_frame(
         ct.volume(),
         &sweep,
         overlay_frame,
@@ -324,7 +324,6 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
         &FuseParams::default(),
     )
     .map_err(CliError::failed)?;
-    drop(reslice);
     write_png(&overlay, &image).map_err(CliError::failed)?;
     let scan_summary = ScanSummary {
         completed: scan.completed,

@@ -12,6 +12,8 @@ use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+use crate::perception::register::percentile;
+
 /// Everything the report shows.
 #[derive(Debug)]
 pub(super) struct ReportInputs<'a> {
@@ -220,27 +222,9 @@ pub(super) fn write(dir: &Path, path: &Path, r: &ReportInputs<'_>) -> anyhow::Re
         &lm,
         RGBColor(44, 160, 44),
     )?;
-    let tre_rows: Vec<(String, f64)> = [0.5, 0.95, 1.0]
+    let tre_rows: Vec<(String, f64)> = [("TRE p50", 0.5), ("TRE p95", 0.95), ("TRE max", 1.0)]
         .iter()
-        .map(|&q| {
-            let v = if r.tre_sorted_mm.is_empty() {
-                f64::NAN
-            } else {
-                let i = ((r.tre_sorted_mm.len() - 1) as f64 * q).round() as usize;
-                r.tre_sorted_mm[i]
-            };
-            (
-                format!(
-                    "TRE {}",
-                    if q < 1.0 {
-                        format!("p{:.0}", 100.0 * q)
-                    } else {
-                        "max".into()
-                    }
-                ),
-                v,
-            )
-        })
+        .map(|&(name, q)| (name.to_owned(), percentile(r.tre_sorted_mm, q)))
         .collect();
     let mut timing: Vec<(String, f64)> = r.phases.iter().map(|p| (p.0.to_owned(), p.1)).collect();
     timing.extend(tre_rows.iter().map(|(k, v)| (format!("{k} (mm)"), *v)));

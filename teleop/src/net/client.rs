@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{client_crypto, ClientAuth, Clock, MonotonicClock, DEFAULT_TICK};
+use super::{client_crypto, lock, ClientAuth, Clock, MonotonicClock, DEFAULT_TICK};
 use crate::clock_sync::ClockEstimate;
 use crate::console::{
     ConsoleConfig, ConsoleCore, ConsoleEvent, ConsoleOutput, ConsoleStats, Latency,
@@ -75,10 +75,6 @@ struct Shared {
     events: mpsc::Sender<ConsoleEvent>,
     clock: Arc<dyn Clock>,
     events_dropped: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {

@@ -16,12 +16,19 @@ pub mod server;
 mod tls;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use tls::{client_crypto, client_tls, server_crypto, server_tls, transport_config, ClientAuth};
 
 /// Application error codes used when closing a connection.
+/// Locks `m`, recovering from poisoning: a panic while holding one of the link's locks cannot
+/// leave its structures half-updated in a way that matters more than stopping the link would;
+/// keep serving.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub mod close_code {
     /// Normal shutdown.
     pub const SHUTDOWN: u32 = 0;

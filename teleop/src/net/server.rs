@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use super::{close_code, server_crypto, Clock, MonotonicClock, DEFAULT_TICK};
+use super::{close_code, lock, server_crypto, Clock, MonotonicClock, DEFAULT_TICK};
 use crate::audit::AuditLog;
 use crate::clock_sync::ClockEstimate;
 use crate::identity::Identity;
@@ -226,12 +226,6 @@ struct Shared {
     clock: Arc<dyn Clock>,
     counters: Counters,
     next_conn: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock cannot leave these structures half-updated in a way that
-    // matters more than stopping the link would; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
