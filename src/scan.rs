@@ -3,8 +3,8 @@
 //! The control node (the [`ProbeController`] with its safety supervisor, driven by the
 //! [`ScanExecutor`]) runs against the simulator as fast as possible through
 //! [`run_simulated`] — the same cycle as the real-time loop. It sees only what a real system
-//! sees: measured joints, the F/T sample, the nominal patient placement and the patient's CT
-//! (for the L5 start point, with a palpation error). The evaluator scores the run from the
+//! sees: measured joints, the F/T sample, the nominal patient placement and the start pose an
+//! operator gives by palpating L5 on the patient (with a palpation and alignment error). The evaluator scores the run from the
 //! simulator's ground truth and writes it to `ground_truth.json`, which nothing in the control
 //! node reads.
 //!

@@ -214,13 +214,32 @@ fn a_sweep_without_bone_is_refused() {
 }
 
 #[test]
-fn a_thick_patient_with_no_bone_in_view_is_refused() {
-    // Seed 11's spinous tips lie ~60 mm under the skin: its laminae are beyond the simulated
-    // probe's 70 mm imaging depth and the sweep shows almost no bone. Registration must say so
-    // rather than guess.
-    let dir = scanned(11);
+fn a_scan_aborted_after_three_seconds_of_sweep_is_refused() {
+    // An F/T fault stops seed 11's scan 3 s into its first sweep (~60 mm over L5–L4): the few
+    // bone points seen cannot fix six degrees of freedom and the vertebral level. Registration
+    // must say so rather than guess.
+    let dir = std::env::temp_dir().join(format!(
+        "telecho-cli-register-{}-aborted",
+        std::process::id()
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+    let o = telecho(&[
+        "scan",
+        "--sim-seed",
+        "11",
+        "--out",
+        dir.to_str().unwrap(),
+        "--inject-ft-fault",
+        "nan@13.0",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let gt = dir.join("ground_truth.json");
-    let o = register(&dir, &dir, &["--ground-truth", gt.to_str().unwrap()]);
+    let o = register(
+        &dir,
+        &dir.join("sweep"),
+        &["--ground-truth", gt.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
     let e = stderr(&o);
@@ -229,4 +248,13 @@ fn a_thick_patient_with_no_bone_in_view_is_refused() {
         e.contains("registration refused") && e.contains("too few bone points"),
         "{e}"
     );
+    // Some bone was seen: the refusal is the threshold at work, not an empty sweep.
+    let seen: u32 = e
+        .split("too few bone points: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((20..200).contains(&seen), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
 }

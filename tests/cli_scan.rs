@@ -533,7 +533,7 @@ fn sensor_fault_aborts_with_exit_1_and_keeps_the_recording() {
     let base = temp_dir("abort");
     let protocol = short_protocol_file(&base);
     let dir = base.join("out");
-    // Inject a NaN F/T fault after the first sweep has begun (first frames come from ~5 s on).
+    // Inject a NaN F/T fault after the first sweep has begun (seed 2's first frame is at 9.44 s).
     let out = scan(
         "2",
         &dir,
@@ -541,7 +541,7 @@ fn sensor_fault_aborts_with_exit_1_and_keeps_the_recording() {
             "--protocol",
             protocol.to_str().unwrap(),
             "--inject-ft-fault",
-            "nan@7.5",
+            "nan@10.5",
         ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -554,14 +554,14 @@ fn sensor_fault_aborts_with_exit_1_and_keeps_the_recording() {
     let e = &events[0];
     assert_eq!(e["kind"], "sensor_nan");
     assert_eq!(e["severity"], "stop");
-    assert!(e["time_s"].as_f64().unwrap() >= 7.5 && e["time_s"].as_f64().unwrap() < 7.51);
+    assert!(e["time_s"].as_f64().unwrap() >= 10.5 && e["time_s"].as_f64().unwrap() < 10.51);
     assert!(r["force_max_n"].as_f64().unwrap() <= 20.0);
     // Everything recorded up to the abort is kept, in the same format.
     assert!(dir.join("ct.nii.gz").is_file() && dir.join("ground_truth.json").is_file());
     let sweep = check_sweep(&dir, "ur5e_probe.urdf", &r);
     assert_eq!(sweep["completed"], false);
     let frames = sweep["frames"].as_array().unwrap();
-    assert!(frames.last().unwrap()["time_s"].as_f64().unwrap() <= 7.6);
+    assert!(frames.last().unwrap()["time_s"].as_f64().unwrap() <= 10.6);
     std::fs::remove_dir_all(&base).ok();
 }
 

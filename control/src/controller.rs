@@ -53,8 +53,10 @@
 //! about the array). Rotations are about the tip point, so they do not disturb the force.
 //!
 //! **Skin normal.** The contact force on a point contact is the normal force plus friction
-//! opposing the slip. Friction lies along the slip direction, which is the probe's tangential
-//! velocity, so removing the force's component along that direction leaves the normal exactly;
+//! opposing the slip. Friction lies along the slip direction — the tip's motion along the skin:
+//! its velocity normal to the probe axis plus its axial velocity averaged over a breathing cycle
+//! (the force loop following the slope along a sweep) — so removing the force's component along
+//! that direction leaves the normal;
 //! the estimate is low-pass filtered and bounded to a cone around the target's probe axis. The
 //! surface traced by the tip is followed implicitly: tangential motion is always commanded in the
 //! plane normal to the (normal-aligned) probe axis.
@@ -157,8 +159,11 @@ pub struct ControllerConfig {
     pub force_filter_hz: f64,
     /// Tangential position gain in contact, 1/s (default 6).
     pub tangential_gain_per_s: f64,
-    /// Time constant of the skin-normal estimate, s (default 0.1).
+    /// Time constant of the skin-normal estimate, s (default 0.3).
     pub normal_filter_s: f64,
+    /// Time constant over which the tip's axial velocity is averaged to find the surface slope
+    /// along the sweep (long enough to average breathing out), s (default 1).
+    pub normal_slope_filter_s: f64,
     /// The normal is estimated only above this contact force, N (default 1.5).
     pub normal_min_force_n: f64,
     /// Largest angle between the estimated normal and the target's probe axis, rad (default 0.6).
@@ -201,7 +206,8 @@ impl Default for ControllerConfig {
             design_stiffness_n_per_m: 7000.0,
             force_filter_hz: 80.0,
             tangential_gain_per_s: 6.0,
-            normal_filter_s: 0.1,
+            normal_filter_s: 0.3,
+            normal_slope_filter_s: 1.0,
             normal_min_force_n: 1.5,
             normal_max_tilt_rad: 0.6,
             dls_damping: 0.005,
@@ -295,6 +301,12 @@ impl ControllerConfig {
             100.0,
         )?;
         check("normal_filter_s", self.normal_filter_s, 1e-3, 10.0)?;
+        check(
+            "normal_slope_filter_s",
+            self.normal_slope_filter_s,
+            1e-3,
+            10.0,
+        )?;
         check("normal_min_force_n", self.normal_min_force_n, 0.1, 20.0)?;
         check("normal_max_tilt_rad", self.normal_max_tilt_rad, 0.0, 1.4)?;
         check("dls_damping", self.dls_damping, 1e-6, 1.0)?;
@@ -328,6 +340,11 @@ pub enum TargetMode {
     /// Hybrid force/position: regulate the force along the probe axis.
     Contact,
 }
+
+/// Time constant of the force direction used for retracts, s.
+const RETREAT_FILTER_S: f64 = 0.02;
+/// Below this contact force, N, retracts go back along the probe axis.
+const RETREAT_MIN_FORCE_N: f64 = 1.0;
 
 /// Orientation handling of a contact target.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -555,6 +572,8 @@ pub struct ProbeController {
     target: Option<ProbeTarget>,
     hold_position: Option<Vector3<f64>>,
     v_prev: Vector3<f64>,
+    /// Tip velocity along the probe axis averaged over `normal_slope_filter_s`, m/s.
+    vz_slow: f64,
     w_prev: Vector3<f64>,
     phase: ContactPhase,
     f_filt: f64,
@@ -568,6 +587,9 @@ pub struct ProbeController {
     regulating_s: f64,
     n_est: Vector3<f64>,
     last_force_base: Vector3<f64>,
+    /// Contact force on the probe (base frame) low-passed over ~20 ms, valid samples only: the
+    /// direction a retract must take to get away from the patient.
+    force_base_filt: Vector3<f64>,
     touching: bool,
     stiffness: f64,
     ramp_fit: RampFit,
@@ -655,6 +677,7 @@ impl ProbeController {
             target: None,
             hold_position: None,
             v_prev: Vector3::zeros(),
+            vz_slow: 0.0,
             w_prev: Vector3::zeros(),
             phase: ContactPhase::None,
             f_filt: 0.0,
@@ -668,6 +691,7 @@ impl ProbeController {
             regulating_s: 0.0,
             n_est: Vector3::z(),
             last_force_base: Vector3::zeros(),
+            force_base_filt: Vector3::zeros(),
             touching: false,
             stiffness: f64::NAN,
             ramp_fit: RampFit::default(),
@@ -791,6 +815,10 @@ impl ProbeController {
             let torque_tip =
                 r_base_sensor * w.torque_nm + (p_sensor - t_meas.translation).cross(&f_base);
             self.last_force_base = f_base;
+            if dt > 0.0 && f_base.iter().all(|x| x.is_finite()) {
+                self.force_base_filt +=
+                    (f_base - self.force_base_filt) * (dt / (RETREAT_FILTER_S + dt));
+            }
             let f_axial = -f_base.dot(&z_meas);
             let alpha = if dt > 0.0 {
                 let tau = 1.0 / (2.0 * std::f64::consts::PI * self.config.force_filter_hz);
@@ -826,6 +854,7 @@ impl ProbeController {
         let contact_like = self.touching || self.phase != ContactPhase::None;
         let (mut v, mut w, stop, mode) = if !tared {
             self.v_prev = Vector3::zeros();
+            self.vz_slow = 0.0;
             self.w_prev = Vector3::zeros();
             let mode = match state {
                 SafetyState::EStop => ControlMode::EStop,
@@ -866,6 +895,7 @@ impl ProbeController {
                 *q += *qd * dt;
             }
             self.v_prev = Vector3::zeros();
+            self.vz_slow = 0.0;
             self.w_prev = Vector3::zeros();
         }
         self.qd_prev.copy_from_slice(&self.qd_des);
@@ -976,9 +1006,23 @@ impl ProbeController {
         }
     }
 
+    /// The direction away from the patient: along the contact force on the probe (the skin
+    /// pushes the probe out, whatever the probe's orientation) when it is clearly above the
+    /// noise, else back along the probe axis. Retracting along the axis alone pushed a probe that
+    /// had been turned sideways or upside down *into* the patient.
+    fn away_from_patient(&self, t_des: &Transform) -> Vector3<f64> {
+        let axis_out = -t_des.rotation.column(2).into_owned();
+        let f = self.force_base_filt;
+        if f.norm() > RETREAT_MIN_FORCE_N {
+            f.normalize()
+        } else {
+            axis_out
+        }
+    }
+
     fn on_safety_transition(&mut self, state: SafetyState, t_des: &Transform) {
         let c = self.config.safety;
-        let axis_out = -t_des.rotation.column(2).into_owned();
+        let axis_out = self.away_from_patient(t_des);
         match state {
             SafetyState::Retract { cause } => {
                 // Force and torque limits retract at the in-contact speed limit with a hard
@@ -1192,14 +1236,23 @@ impl ProbeController {
         let z = t_des.rotation.column(2).into_owned();
         let p = t_des.translation;
 
-        // Skin normal from the contact force, friction removed along the slip direction.
+        // Skin normal from the contact force, friction removed along the slip direction. The
+        // slip direction is the tip's motion along the skin: its tangential part plus the axial
+        // part averaged over a breathing cycle (what the force loop does to follow the slope
+        // along the sweep). Removing the force along the tangential part alone would make the
+        // tilt along the sweep unobservable: any estimate would be its own fixed point.
         let f = self.last_force_base;
         let fn_ = f.norm();
+        if dt > 0.0 {
+            let a = dt / (c.normal_slope_filter_s + dt);
+            self.vz_slow += (self.v_prev.dot(&z) - self.vz_slow) * a;
+        }
         if fn_ > c.normal_min_force_n && dt > 0.0 {
             let mut n_raw = f / fn_;
-            let vt = self.v_prev - self.n_est * self.v_prev.dot(&self.n_est);
+            let vt = self.v_prev - z * self.v_prev.dot(&z);
             if vt.norm() > 1e-3 {
-                let s = vt / vt.norm();
+                let slip = vt + z * self.vz_slow;
+                let s = slip / slip.norm();
                 n_raw -= s * n_raw.dot(&s);
             }
             if let Some(n_raw) = n_raw.try_normalize(1e-6) {

@@ -489,21 +489,21 @@ impl ScanExecutor {
     }
 }
 
-/// The start pose an operator would give by palpating L5, for the simulator: the expected skin
-/// point over L5 (`l5_skin_ct`, `ct` frame) and the back's axes (`ct` +x lateral, +z cranial, −y
-/// out of the back) mapped into the base frame by the **nominal** patient placement
-/// `nominal_t_base_ct` (never the true one), plus a seeded palpation error of
-/// `error_range_m.0`–`error_range_m.1` in a random direction on the skin plane.
+/// The start pose an operator gives by palpating L5 on the patient: the skin point over L5
+/// (`l5_skin_ct`, `ct` frame) and the back's axes (`ct` +x lateral, +z cranial, −y out of the
+/// back) mapped into the base frame by `palpated_t_base_ct` — the placement the operator's hands
+/// feel, i.e. the true one in the simulator (the controller itself never learns it) — plus a
+/// seeded palpation error of `error_range_m.0`–`error_range_m.1` in a random direction on the
+/// skin plane and an alignment error of up to ±`yaw_error_rad` about the skin normal (how well
+/// the operator lines the probe up with the spine by eye).
 pub fn palpated_start_pose(
-    nominal_t_base_ct: &Transform,
+    palpated_t_base_ct: &Transform,
     l5_skin_ct: &Vector3<f64>,
     seed: u64,
     error_range_m: (f64, f64),
+    yaw_error_rad: f64,
 ) -> Transform {
-    let r = &nominal_t_base_ct.rotation;
-    let lateral = r * Vector3::x();
-    let cranial = r * Vector3::z();
-    let normal = lateral.cross(&cranial);
+    let r = &palpated_t_base_ct.rotation;
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -514,7 +514,14 @@ pub fn palpated_start_pose(
     };
     let radius = error_range_m.0 + (error_range_m.1 - error_range_m.0) * next();
     let angle = 2.0 * std::f64::consts::PI * next();
-    let p = nominal_t_base_ct.transform_point(l5_skin_ct)
-        + (lateral * angle.cos() + cranial * angle.sin()) * radius;
+    let yaw = yaw_error_rad * (2.0 * next() - 1.0);
+    let lateral_true = r * Vector3::x();
+    let cranial_true = r * Vector3::z();
+    let p = palpated_t_base_ct.transform_point(l5_skin_ct)
+        + (lateral_true * angle.cos() + cranial_true * angle.sin()) * radius;
+    let (s, c) = yaw.sin_cos();
+    let lateral = lateral_true * c + cranial_true * s;
+    let cranial = cranial_true * c - lateral_true * s;
+    let normal = lateral.cross(&cranial);
     Transform::new(Matrix3::from_columns(&[lateral, cranial, normal]), p)
 }

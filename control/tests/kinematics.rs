@@ -197,7 +197,14 @@ fn panda_fk_equals_published_modified_dh() {
     let alpha = [
         0.0, -FRAC_PI_2, FRAC_PI_2, FRAC_PI_2, -FRAC_PI_2, FRAC_PI_2, FRAC_PI_2,
     ];
-    let chain = Chain::from_urdf_str(PANDA, None, "flange").unwrap();
+    // The specification's kinematics run from link 0, which stands on a riser in the base.
+    let riser = Chain::from_urdf_str(PANDA, None, "link0").unwrap();
+    assert_eq!(riser.dof(), 0);
+    let t_riser = riser.fk(&[]).unwrap();
+    assert_vec(t_riser.translation, [-0.1, 0.0, 0.2], 1e-12);
+    assert!((t_riser.rotation - Matrix3::identity()).norm() < 1e-12);
+    let full = Chain::from_urdf_str(PANDA, None, "flange").unwrap();
+    let chain = Chain::from_urdf_str(PANDA, Some("link0"), "flange").unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     for _ in 0..1000 {
         let q = random_q(&chain, &mut rng);
@@ -205,18 +212,28 @@ fn panda_fk_equals_published_modified_dh() {
             m * mdh(q[i], d[i], a[i], alpha[i])
         }) * mdh(0.0, 0.107, 0.0, 0.0);
         assert!(close4(&chain.fk(&q).unwrap(), &want, 1e-12));
+        let t_full = full.fk(&q).unwrap();
+        let t_link0 = chain.fk(&q).unwrap();
+        assert_vec(
+            t_full.translation - t_link0.translation,
+            [-0.1, 0.0, 0.2],
+            1e-12,
+        );
     }
 }
 
 #[test]
 fn probe_tip_frames_follow_the_flange() {
-    for (urdf, tip_offset) in [(UR5E, 0.2), (PANDA, 0.2)] {
+    // The Panda's probe holder is clamped turned by −0.85 rad about the flange axis, which
+    // centres joint 7 over the protocol's sagittal and transverse sweeps.
+    for (urdf, tip_offset, spin) in [(UR5E, 0.2, 0.0), (PANDA, 0.2, -0.85)] {
         let flange = Chain::from_urdf_str(urdf, Some("flange"), "probe_tip").unwrap();
         assert_eq!(flange.dof(), 0);
         let t = flange.fk(&[]).unwrap();
         // probe_tip: +z along the probe axis, 0.2 m beyond the flange; F/T sensor in between.
         assert_vec(t.translation, [0.0, 0.0, tip_offset], 1e-12);
-        assert!((t.rotation - Matrix3::identity()).norm() < 1e-12);
+        let want = telecho_core::rotation_from_rpy(0.0, 0.0, spin);
+        assert!((t.rotation - want).norm() < 1e-12, "{}", t.rotation);
         let ft = Chain::from_urdf_str(urdf, Some("flange"), "ft_sensor").unwrap();
         let z_ft = ft.fk(&[]).unwrap().translation.z;
         assert!(z_ft > 0.0 && z_ft < tip_offset, "ft_sensor at {z_ft} m");

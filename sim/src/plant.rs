@@ -8,9 +8,10 @@
 //!   [`STIFFNESS_RANGE_N_PER_MM`].
 //! - [`patient_workspace`]: the workspace box around the **nominal** patient placement that the
 //!   safety supervisor enforces during a scan.
-//! - [`operator_start_pose`]: where an operator would put the probe before a scan — the skin over
-//!   the L5 spinous process of the patient's CT, mapped by the **nominal** placement, plus a
-//!   seeded palpation error ([`PALPATION_ERROR_M`]); never the true placement.
+//! - [`operator_start_pose`]: where an operator puts the probe before a scan — the skin over the
+//!   L5 spinous process that they palpate on the patient as placed, plus a seeded palpation
+//!   error ([`PALPATION_ERROR_M`]) and alignment error ([`ALIGNMENT_ERROR_RAD`]). The controller
+//!   receives only this pose, never the placement.
 //!
 //! ```
 //! use telecho_control::Plant;
@@ -37,6 +38,10 @@ pub const STIFFNESS_RANGE_N_PER_MM: [f64; 2] = [0.5, 5.0];
 
 /// Range of the operator's palpation error of the start point, m (5–10 mm).
 pub const PALPATION_ERROR_M: (f64, f64) = (0.005, 0.010);
+
+/// Largest error of the operator's by-eye alignment of the probe with the spine, about the skin
+/// normal, rad (±5°).
+pub const ALIGNMENT_ERROR_RAD: f64 = 5.0 * std::f64::consts::PI / 180.0;
 
 /// The F/T reading as the controller's sample type.
 pub fn ft_sample(reading: &FtReading) -> FtSample {
@@ -115,14 +120,17 @@ pub fn l5_skin_point_ct(phantom: &Phantom) -> Vector3<f64> {
 }
 
 /// The operator's start pose for a scan of `world` (see the module documentation): origin on the
-/// skin over L5 of the nominal placement plus a palpation error drawn from `seed`, columns
-/// lateral, cranial and the outward skin normal (as [`palpated_start_pose`]).
+/// skin over L5 of the patient as placed (palpated, so the scenario may read the placement here;
+/// the controller only ever gets the returned pose) plus palpation and alignment errors drawn
+/// from `seed`; columns lateral, cranial and the outward skin normal (as
+/// [`palpated_start_pose`]).
 pub fn operator_start_pose(world: &SimWorld, seed: u64) -> Transform {
     palpated_start_pose(
-        &world.nominal_t_base_ct(),
+        &world.ground_truth().t_base_ct,
         &l5_skin_point_ct(world.phantom()),
         seed,
         PALPATION_ERROR_M,
+        ALIGNMENT_ERROR_RAD,
     )
 }
 
@@ -140,14 +148,18 @@ mod tests {
     }
 
     #[test]
-    fn start_pose_is_near_the_nominal_l5_skin_point() {
+    fn start_pose_is_near_the_true_l5_skin_point() {
         let world = SimWorld::new(&WorldConfig::ur5e()).unwrap();
         let p = operator_start_pose(&world, 3);
-        let nominal = world
-            .nominal_t_base_ct()
-            .transform_point(&l5_skin_point_ct(world.phantom()));
-        let d = (p.translation - nominal).norm();
+        let t = world.ground_truth().t_base_ct;
+        let l5 = t.transform_point(&l5_skin_point_ct(world.phantom()));
+        let d = (p.translation - l5).norm();
         assert!((0.005..=0.010 + 1e-12).contains(&d), "{d}");
+        // Aligned with the true spine to within the alignment error.
+        let cranial_true = t.rotation * Vector3::z();
+        let cranial = p.rotation * Vector3::y();
+        let angle = cranial.dot(&cranial_true).clamp(-1.0, 1.0).acos();
+        assert!(angle <= ALIGNMENT_ERROR_RAD + 1e-9, "{angle}");
         let (lo, hi) = patient_workspace(&world.nominal_t_base_ct());
         assert!((0..3).all(|i| p.translation[i] > lo[i] && p.translation[i] < hi[i]));
     }

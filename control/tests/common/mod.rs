@@ -210,8 +210,8 @@ impl ForceStats {
     }
 }
 
-/// The operator's start pose for the scan: the phantom's L5 spinous-process skin point mapped by
-/// the NOMINAL placement, plus a seeded 5–10 mm palpation error (never the true placement).
+/// The operator's start pose for the scan: the skin over L5 of the patient as placed (palpated),
+/// plus a seeded 5–10 mm palpation and ±5° alignment error.
 pub fn start_pose(world: &SimWorld, seed: u64) -> Transform {
     telecho_sim::plant::operator_start_pose(world, seed)
 }
