@@ -14,6 +14,7 @@ mod perception;
 mod record;
 mod scan;
 mod sim;
+mod soak;
 mod teleop;
 
 use std::process::ExitCode;
@@ -89,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Long run of the whole teleoperation loop (patient side on the simulator, remote operator
+    /// over QUIC through an impaired link) with faults injected in rotation; checks memory
+    /// growth, force-limit violations, panics and recovery from every fault. Exit code 1 when a
+    /// criterion fails.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
         Command::Igtl { command } => igtl::run(&command),
         Command::Teleop { command } => teleop::run(&command),
         Command::Audit { command } => audit::run(&command),
+        Command::Soak(args) => soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

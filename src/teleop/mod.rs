@@ -1,7 +1,7 @@
 //! `telecho teleop ...`: the patient side of the teleoperation link and its latency benchmark.
 
 mod bench;
-mod serve;
+pub(crate) mod serve;
 
 use clap::Subcommand;
 

@@ -37,7 +37,7 @@ use telecho_control::{
 };
 use telecho_core::Transform;
 use telecho_sim::plant::operator_start_pose;
-use telecho_sim::{SimWorld, UltrasoundSim, UsParams};
+use telecho_sim::{FtFault, SimWorld, UltrasoundSim, UsParams};
 use telecho_teleop::control_link::{contact_model, safety_code, OperatorSource};
 use telecho_teleop::net::server::{CommandReceiver, ServerConfig, ServerEvent, TeleopServer};
 use telecho_teleop::session::SessionRequest;
@@ -60,37 +60,62 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(50);
 pub(crate) struct ServeArgs {
     /// Run against the built-in simulator (today the only plant; required).
     #[arg(long)]
-    sim: bool,
+    pub(crate) sim: bool,
     /// UDP address to listen on (e.g. 0.0.0.0:4433, 127.0.0.1:0 for any free port).
     #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// PKI directory made by `telecho certs init` (ca.pem, server.pem, server.key).
     #[arg(long, value_name = "DIR")]
-    pki: PathBuf,
+    pub(crate) pki: PathBuf,
     /// Hash-chained audit log (JSON lines; appended to, verified first when it exists).
     #[arg(long, value_name = "PATH", default_value = "telecho-audit.log")]
-    audit: PathBuf,
+    pub(crate) audit: PathBuf,
     /// Simulated patient (as `telecho scan --sim-seed N`).
     #[arg(long, value_name = "N", default_value_t = 1)]
-    sim_seed: u64,
+    pub(crate) sim_seed: u64,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECONDS")]
-    duration_s: Option<f64>,
+    pub(crate) duration_s: Option<f64>,
     /// Which bundled arm holds the probe.
     #[arg(long, value_enum, default_value_t = Arm::Ur5e)]
-    arm: Arm,
+    pub(crate) arm: Arm,
     /// Robot state and haptic feedback rate, Hz (60–1000).
     #[arg(long, default_value_t = 100.0)]
-    state_hz: f64,
+    pub(crate) state_hz: f64,
     /// Ultrasound frame rate, frames/s (0 turns the stream off; at most 60).
     #[arg(long, default_value_t = 30.0)]
-    us_fps: f64,
+    pub(crate) us_fps: f64,
     /// Commands older than this at arrival are refused, ms (20–2000).
     #[arg(long, default_value_t = 200.0)]
-    max_age_ms: f64,
+    pub(crate) max_age_ms: f64,
     /// Print the run summary as one JSON object on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+}
+
+/// How an in-process caller (`telecho soak`) drives a serve run instead of signals and
+/// `--duration-s`.
+pub(crate) struct Hooks {
+    /// Set to stop serving.
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Receives the bound address once the server listens.
+    pub(crate) addr: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    /// An F/T sensor fault for the simulator to switch to (`Some(None)` clears it); taken by the
+    /// control thread within a cycle.
+    pub(crate) ft_fault: Arc<Mutex<Option<Option<FtFault>>>>,
+    /// Simulation time and safety state of the control loop, updated every 5 cycles.
+    pub(crate) status: Arc<Mutex<(f64, SafetyCode)>>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            stop: Arc::default(),
+            addr: None,
+            ft_fault: Arc::default(),
+            status: Arc::new(Mutex::new((0.0, SafetyCode::Normal))),
+        }
+    }
 }
 
 /// What the control thread publishes for the network side.
@@ -107,31 +132,33 @@ struct Snapshot {
 
 /// Summary of a serve run.
 #[derive(Debug, Default, Serialize)]
-struct ServeReport {
-    listen: String,
-    seed: u64,
-    duration_s: f64,
-    sim_time_s: f64,
-    control_cycles: u64,
-    loop_stalls: u64,
-    connections: u64,
-    commands_accepted: u64,
-    commands_applied: u64,
-    commands_refused: u64,
-    malformed_datagrams: u64,
-    estops: u64,
-    resets: u64,
-    protocols_started: u64,
-    states_sent: u64,
-    frames_sent: u64,
-    frames_skipped: u64,
-    us_fps: f64,
-    force_max_n: f64,
-    force_limit_n: f64,
-    safety_events: std::collections::BTreeMap<String, u64>,
-    final_safety: String,
-    audit: String,
-    audit_records: u64,
+pub(crate) struct ServeReport {
+    pub(crate) listen: String,
+    pub(crate) seed: u64,
+    pub(crate) duration_s: f64,
+    pub(crate) sim_time_s: f64,
+    pub(crate) control_cycles: u64,
+    pub(crate) loop_stalls: u64,
+    pub(crate) connections: u64,
+    pub(crate) commands_accepted: u64,
+    pub(crate) commands_applied: u64,
+    pub(crate) commands_refused: u64,
+    pub(crate) malformed_datagrams: u64,
+    pub(crate) estops: u64,
+    pub(crate) resets: u64,
+    pub(crate) protocols_started: u64,
+    pub(crate) states_sent: u64,
+    pub(crate) frames_sent: u64,
+    pub(crate) frames_skipped: u64,
+    pub(crate) us_fps: f64,
+    pub(crate) force_max_n: f64,
+    /// Control cycles with the true contact force above the limit.
+    pub(crate) force_limit_violations: u64,
+    pub(crate) force_limit_n: f64,
+    pub(crate) safety_events: std::collections::BTreeMap<String, u64>,
+    pub(crate) final_safety: String,
+    pub(crate) audit: String,
+    pub(crate) audit_records: u64,
 }
 
 /// The control loop's source: drains the server's channels into the [`OperatorSource`].
@@ -262,6 +289,20 @@ fn install_interrupt_handler() {
 pub(crate) fn run(args: &ServeArgs) -> CliResult {
     check_args(args)?;
     let sc = Scenario::new(args.arm, args.sim_seed, ScanProtocol::default_lumbar())?;
+    let config = server_config(args, &sc)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+        .map_err(CliError::failed)?;
+    let report = rt.block_on(serve(args, sc, config, Hooks::default()))?;
+    print_report(args, &report)
+}
+
+/// The server configuration of a serve run: the PKI, the audit log and the acceptor's limits
+/// from the scenario's safety configuration.
+pub(crate) fn server_config(args: &ServeArgs, sc: &Scenario) -> Result<ServerConfig, CliError> {
     let safety = sc.controller.config().safety;
     let mut config = ServerConfig::from_pki(&args.pki, args.listen)
         .map_err(|e| CliError::input(anyhow!("--pki {}: {e}", args.pki.display())))?;
@@ -273,16 +314,16 @@ pub(crate) fn run(args: &ServeArgs) -> CliResult {
     config.core.predictor.max_horizon_s = config.core.predictor.max_horizon_s.max(
         (args.max_age_ms * 1e-3).min(1.0), // predict over the whole accepted age
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")
-        .map_err(CliError::failed)?;
-    rt.block_on(serve(args, sc, config))
+    Ok(config)
 }
 
-async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResult {
+/// Serves until Ctrl-C, `--duration-s` or `hooks.stop`; returns the run summary.
+pub(crate) async fn serve(
+    args: &ServeArgs,
+    sc: Scenario,
+    config: ServerConfig,
+    mut hooks: Hooks,
+) -> Result<ServeReport, CliError> {
     let wall = Instant::now();
     let (server, channels) = TeleopServer::bind(config).map_err(|e| {
         CliError::input(anyhow!(
@@ -294,6 +335,9 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
     let server = Arc::new(server);
     let addr = server.local_addr().map_err(CliError::failed)?;
     eprintln!("telecho teleop serve: listening on {addr}");
+    if let Some(tx) = hooks.addr.take() {
+        let _ = tx.send(addr);
+    }
 
     let Scenario {
         world,
@@ -313,7 +357,7 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
         force_n: Vector3::zeros(),
         contact: None,
     }));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = hooks.stop.clone();
     let phantom = world.phantom().clone();
 
     // The control thread.
@@ -329,6 +373,8 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
             protocols_started: 0,
         };
         let mut world = world;
+        let ft_fault = hooks.ft_fault.clone();
+        let status = hooks.status.clone();
         std::thread::Builder::new()
             .name("telecho-control".into())
             .spawn(move || {
@@ -336,6 +382,13 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
                 let mut report = ServeReport::default();
                 let mut start = Instant::now();
                 let mut k = 0u64;
+                let fault_pending = || {
+                    ft_fault
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_some()
+                };
+                loop {
                 run_simulated(
                     &mut world,
                     &mut controller,
@@ -346,7 +399,11 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
                     |world: &SimWorld, out: &ControlOutput| {
                         k += 1;
                         let gt = world.ground_truth();
-                        report.force_max_n = report.force_max_n.max(gt.contact_force_base_n.norm());
+                        let force = gt.contact_force_base_n.norm();
+                        report.force_max_n = report.force_max_n.max(force);
+                        if force > force_limit_n {
+                            report.force_limit_violations += 1;
+                        }
                         for e in out.events.as_slice() {
                             *report
                                 .safety_events
@@ -364,6 +421,9 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
                             s.t_ct_probe = gt.t_ct_probe;
                             s.force_n = out.contact_force_base_n;
                             s.contact = contact_model(out, CONTACT_DAMPING_N_S_M);
+                            drop(s);
+                            *status.lock().unwrap_or_else(|e| e.into_inner()) =
+                                (obs.time_s, safety_code(&out.safety));
                         }
                         // Pace on absolute deadlines.
                         let deadline = start + Duration::from_micros(k * 1000);
@@ -374,9 +434,18 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
                             report.loop_stalls += 1;
                             start = now - Duration::from_micros(k * 1000);
                         }
-                        !stop.load(Ordering::Relaxed)
+                        !stop.load(Ordering::Relaxed) && !fault_pending()
                     },
                 );
+                let fault = ft_fault.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match fault {
+                    Some(f) => {
+                        tracing::warn!(fault = ?f, time_s = world.time_s(), "F/T sensor fault switched");
+                        world.set_ft_fault(f);
+                    }
+                    None => break,
+                }
+                }
                 report.control_cycles = k;
                 report.sim_time_s = world.time_s();
                 report.final_safety = format!("{:?}", safety_code(&out.safety)).to_lowercase();
@@ -475,6 +544,7 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
         .duration_s
         .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     while !INTERRUPTED.load(Ordering::Relaxed)
+        && !stop.load(Ordering::Relaxed)
         && until.is_none_or(|u| tokio::time::Instant::now() < u)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -512,6 +582,10 @@ async fn serve(args: &ServeArgs, sc: Scenario, config: ServerConfig) -> CliResul
     report.audit_records = telecho_teleop::audit::verify(&args.audit)
         .map(|v| v.records)
         .unwrap_or(0);
+    Ok(report)
+}
+
+fn print_report(args: &ServeArgs, report: &ServeReport) -> CliResult {
     if args.json {
         println!(
             "{}",

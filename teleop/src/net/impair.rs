@@ -6,11 +6,12 @@
 //! reorders packets), dropped with probability `loss`, and sent twice with probability
 //! `duplicate`. The random draws come from a ChaCha8 generator per direction seeded from
 //! `seed`, so a run draws the same sequence of impairments for the same sequence of packets.
+//! [`ImpairProxy::set_outage`] takes the link down and up again (everything dropped meanwhile).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +97,8 @@ struct Counters {
     down_in: AtomicU64,
     down_dropped: AtomicU64,
     duplicated: AtomicU64,
+    /// Link down: every packet in both directions is dropped (and counted as dropped).
+    outage: AtomicBool,
 }
 
 struct Delivery {
@@ -172,6 +175,12 @@ impl ImpairProxy {
         self.local
     }
 
+    /// Takes the link down (`true`: every packet in both directions is dropped) or brings it
+    /// back up, at once — a cable pulled, a Wi-Fi handover, a mobile dead zone.
+    pub fn set_outage(&self, down: bool) {
+        self.counters.outage.store(down, Ordering::Relaxed);
+    }
+
     /// Counters.
     pub fn stats(&self) -> ImpairStats {
         let c = &self.counters;
@@ -238,9 +247,19 @@ fn enqueue(
     socket: &Arc<UdpSocket>,
     to: Option<SocketAddr>,
     bytes: &[u8],
-    dropped: &AtomicU64,
-    duplicated: &AtomicU64,
+    counters: &Counters,
+    up: bool,
 ) {
+    let dropped = if up {
+        &counters.up_dropped
+    } else {
+        &counters.down_dropped
+    };
+    let duplicated = &counters.duplicated;
+    if counters.outage.load(Ordering::Relaxed) {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let (first, second) = imp.draw();
     let Some(first) = first else {
         dropped.fetch_add(1, Ordering::Relaxed);
@@ -317,15 +336,7 @@ async fn front_loop(
                 sock
             }
         };
-        enqueue(
-            &tx,
-            &mut up,
-            &back,
-            None,
-            &buf[..n],
-            &counters.up_dropped,
-            &counters.duplicated,
-        );
+        enqueue(&tx, &mut up, &back, None, &buf[..n], &counters, true);
     }
     back_tasks.abort_all();
 }
@@ -347,8 +358,8 @@ async fn back_loop(
             &front,
             Some(client),
             &buf[..n],
-            &counters.down_dropped,
-            &counters.duplicated,
+            &counters,
+            false,
         );
     }
 }
