@@ -7,12 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH="${1:-30}"
-TARGETS=(teleop_wire scan_protocol urdf igtl)
+TARGETS=(teleop_wire scan_protocol urdf igtl nifti dicom)
 cargo fuzz build -s none -O
 for t in "${TARGETS[@]}"; do
     echo "== fuzz $t for ${SECONDS_EACH}s"
     mkdir -p "corpus/$t"
-    # -max_len bounds one input (URDF and TOML seeds are a few kB); stats on the last line.
+    # -max_len bounds one input (URDF and TOML seeds are a few kB, DICOM ones up to 39 kB); stats
+    # on the last line.
     cargo fuzz run -s none -O "$t" -- -max_total_time="$SECONDS_EACH" -max_len=65536 \
         -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)|panicked|ERROR" || true
     if ls "artifacts/$t"/crash-* "artifacts/$t"/oom-* "artifacts/$t"/timeout-* >/dev/null 2>&1; then

@@ -243,13 +243,53 @@ pub fn read_dicom_series(dir: &Path) -> Result<Volume, Error> {
             slices.push(slice);
         }
     }
+    series(dir, slices, paths.len())
+}
+
+/// Reads a DICOM image series from files held in memory, given as `(name, bytes)` pairs, exactly
+/// as [`read_dicom_series`] reads the files of a directory: files without the Part 10 preamble
+/// and DICOMDIRs are skipped, the rest must form one series on a regular grid. The names only
+/// label the files in errors (and do not decide the slice order); the set is named
+/// `<in memory>`.
+///
+/// Whatever the bytes, the result is a volume or an error, never a panic; no value length in a
+/// file is trusted beyond the file's size, and volumes above
+/// [`MAX_VOXELS`](crate::volume::MAX_VOXELS) are refused.
+pub fn read_dicom_series_bytes<N, B>(
+    files: impl IntoIterator<Item = (N, B)>,
+) -> Result<Volume, Error>
+where
+    N: AsRef<Path>,
+    B: AsRef<[u8]>,
+{
+    let mut slices = Vec::new();
+    let mut count = 0;
+    for (name, bytes) in files {
+        count += 1;
+        if let Some(slice) = load_bytes(name.as_ref(), bytes.as_ref(), true)? {
+            slices.push(slice);
+        }
+    }
+    let dir = Path::new(crate::volume::IN_MEMORY);
+    if count == 0 {
+        return Err(ErrorKind::DicomEmpty {
+            dir: dir.to_owned(),
+            reason: "no files were given".to_owned(),
+        }
+        .into());
+    }
+    series(dir, slices, count)
+}
+
+/// The checks shared by the series readers once every file is decoded: at least one image, one
+/// Series Instance UID; then the grid is assembled. `files` is how many files were looked at.
+fn series(dir: &Path, slices: Vec<Slice>, files: usize) -> Result<Volume, Error> {
     if slices.is_empty() {
         return Err(ErrorKind::DicomEmpty {
             dir: dir.to_owned(),
             reason: format!(
-                "none of its {} files is a DICOM image (no \"DICM\" magic at byte 128, or a \
-                 DICOMDIR)",
-                paths.len()
+                "none of its {files} files is a DICOM image (no \"DICM\" magic at byte 128, or a \
+                 DICOMDIR)"
             ),
         }
         .into());
@@ -274,13 +314,27 @@ pub fn read_dicom_series(dir: &Path) -> Result<Volume, Error> {
     assemble(slices)
 }
 
+/// Reads one DICOM image file held in memory as a volume of one slice, exactly as
+/// [`read_dicom_file`] reads a file; errors name it `<in memory>`. Never panics, whatever the
+/// bytes.
+pub fn read_dicom_bytes(bytes: &[u8]) -> Result<Volume, Error> {
+    single(
+        Path::new(crate::volume::IN_MEMORY),
+        load_bytes(Path::new(crate::volume::IN_MEMORY), bytes, false)?,
+    )
+}
+
 /// Reads one DICOM image file as a volume of one slice.
 ///
 /// The slice thickness of the volume (its third affine column, along the slice normal) is
 /// *Spacing Between Slices*, else *Slice Thickness*, else 1 mm. See the
 /// [module documentation](self) for the conventions.
 pub fn read_dicom_file(path: &Path) -> Result<Volume, Error> {
-    match load(path, false)? {
+    single(path, load(path, false)?)
+}
+
+fn single(path: &Path, slice: Option<Slice>) -> Result<Volume, Error> {
+    match slice {
         Some(slice) => assemble(vec![slice]),
         // `load` only skips files when reading a series.
         None => Err(ErrorKind::NotDicom {
@@ -660,6 +714,11 @@ fn load(path: &Path, in_series: bool) -> Result<Option<Slice>, Error> {
         path: path.to_owned(),
         source,
     })?;
+    load_bytes(path, &bytes, in_series)
+}
+
+/// Decodes one file's bytes; `path` names it in errors.
+fn load_bytes(path: &Path, bytes: &[u8], in_series: bool) -> Result<Option<Slice>, Error> {
     let not_dicom = |reason: String| -> Error {
         ErrorKind::NotDicom {
             path: path.to_owned(),
@@ -678,7 +737,7 @@ fn load(path: &Path, in_series: bool) -> Result<Option<Slice>, Error> {
     };
     // The parser allocates each value's declared length before reading it: bound every length
     // by the file size first, so that a corrupt length is an error and not gigabytes of memory.
-    let dataset_start = check_meta_lengths(&bytes).map_err(&not_dicom)?;
+    let dataset_start = check_meta_lengths(bytes).map_err(&not_dicom)?;
     let meta = FileMetaTable::from_reader(after_preamble)
         .map_err(|e| not_dicom(format!("bad file meta group: {}", error_chain(&e))))?;
     if meta.media_storage_sop_class_uid() == uids::MEDIA_STORAGE_DIRECTORY_STORAGE {
@@ -703,11 +762,11 @@ fn load(path: &Path, in_series: bool) -> Result<Option<Slice>, Error> {
     }
     if let Some(start) = dataset_start {
         let explicit = ts == uids::EXPLICIT_VR_LITTLE_ENDIAN;
-        check_dataset_lengths(&bytes, start, explicit).map_err(&not_dicom)?;
+        check_dataset_lengths(bytes, start, explicit).map_err(&not_dicom)?;
     }
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Always)
-        .from_reader(bytes.as_slice())
+        .from_reader(bytes)
         .map_err(|e| not_dicom(format!("truncated or corrupt ({})", error_chain(&e))))?;
     Attributes {
         path,
@@ -889,8 +948,44 @@ fn check_dataset_lengths(d: &[u8], start: usize, explicit: bool) -> Result<(), S
             stack.push((open, None));
         } else {
             check_fits(d, p, h.len, h.tag)?;
+            let vr = parser_vr(&h, explicit);
+            let size = value_size(vr);
+            if !(h.len as usize).is_multiple_of(size) {
+                // The parser would read whole values only and then take the next header from
+                // inside this value: lengths from there on are not what this walk checked.
+                return Err(format!(
+                    "element {} of VR {vr} has {} bytes, not a multiple of {size}",
+                    h.tag, h.len
+                ));
+            }
             p += h.len as usize;
         }
+    }
+}
+
+/// The VR the parser gives an element outside a sequence: the VR field in explicit VR (UN when
+/// unknown, and for item and delimiter tags, which have none); in implicit VR, OW for pixel and
+/// overlay data, else the dictionary's VR (ambiguous ones as the parser resolves them), else UN.
+fn parser_vr(h: &Header, explicit: bool) -> VR {
+    if explicit {
+        return h.vr.and_then(VR::from_binary).unwrap_or(VR::UN);
+    }
+    if h.tag == tags::PIXEL_DATA || (h.tag.0 >> 8 == 0x60 && h.tag.1 == 0x3000) {
+        return VR::OW;
+    }
+    StandardDataDictionary
+        .by_tag(h.tag)
+        .map_or(VR::UN, |e| e.vr().relaxed())
+}
+
+/// Bytes per value of the VRs the parser decodes as fixed-size binary numbers; 1 for the rest
+/// (text and byte strings, read whole).
+fn value_size(vr: VR) -> usize {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::AT | VR::UL | VR::SL | VR::FL | VR::OL | VR::OF => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
     }
 }
 
@@ -1103,7 +1198,10 @@ impl Attributes<'_> {
                 ))
             }
         };
-        let count = usize::from(rows) * usize::from(columns);
+        let count = crate::volume::checked_voxel_count(
+            self.path,
+            [usize::from(columns), usize::from(rows), 1],
+        )?;
         let size = usize::from(bits / 8);
         let expected = count * size;
         if raw.len() < expected {
@@ -1270,7 +1368,7 @@ fn assemble(mut slices: Vec<Slice>) -> Result<Volume, Error> {
     ]);
     let origin = flip_xy(&first.position) / 1000.0;
     let dims = [usize::from(first.columns), usize::from(first.rows), n];
-    let mut data = Vec::with_capacity(dims.iter().product());
+    let mut data = Vec::with_capacity(crate::volume::checked_voxel_count(&first.path, dims)?);
     for s in &slices {
         data.extend_from_slice(&s.pixels);
     }
@@ -1280,6 +1378,146 @@ fn assemble(mut slices: Vec<Slice>) -> Result<Volume, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The files of a 4 × 3 × `nk` series, in slice order.
+    fn series_files(nk: usize) -> (Volume, Vec<Vec<u8>>) {
+        let v = Volume::from_fn([4, 3, nk], [0.8e-3, 0.8e-3, 1e-3], [0.0; 3], |i, j, k| {
+            (100 * k + 10 * j + i) as f32 - 1000.0
+        })
+        .unwrap();
+        let g = WriteGeometry::of(&v).unwrap();
+        let info = SeriesInfo::default();
+        let files = (0..nk)
+            .map(|k| encode_slice(&v, &g, &info, k).unwrap())
+            .collect();
+        (v, files)
+    }
+
+    /// Position of the value of the explicit-VR `US` element `tag` (its first occurrence).
+    fn us_value_at(file: &[u8], tag: Tag) -> usize {
+        let mut header = Vec::new();
+        header.extend(tag.0.to_le_bytes());
+        header.extend(tag.1.to_le_bytes());
+        header.extend(b"US\x02\x00");
+        let at = file
+            .windows(header.len())
+            .position(|w| w == header)
+            .expect("element present");
+        at + header.len()
+    }
+
+    #[test]
+    fn bytes_read_like_files() {
+        let (v, files) = series_files(3);
+        // Out of order, with a file that is not DICOM: sorted by position, the stray skipped.
+        let named = [
+            ("b.dcm", files[2].as_slice()),
+            ("notes.txt", b"not an image".as_slice()),
+            ("a.dcm", files[0].as_slice()),
+            ("c.dcm", files[1].as_slice()),
+        ];
+        let back = read_dicom_series_bytes(named).unwrap();
+        assert_eq!(back.dims(), v.dims());
+        assert_eq!(back.data(), v.data());
+        assert!((back.affine().0 - v.affine().0).abs().max() < 1e-9);
+
+        let one = read_dicom_bytes(&files[1]).unwrap();
+        assert_eq!(one.dims(), [4, 3, 1]);
+        assert_eq!(one.get(3, 2, 0), v.get(3, 2, 1));
+
+        let msg = read_dicom_series_bytes(Vec::<(&str, &[u8])>::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("<in memory>") && msg.contains("no files"),
+            "{msg}"
+        );
+        let msg = read_dicom_series_bytes([("x", b"nothing")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("none of its 1 files"), "{msg}");
+        let msg = read_dicom_bytes(b"nothing").unwrap_err().to_string();
+        assert!(msg.contains("<in memory>") && msg.contains("DICM"), "{msg}");
+        // A file name in an error is the name it was given.
+        let mut cut = files[0].clone();
+        cut.truncate(cut.len() - 10);
+        let msg = read_dicom_series_bytes([("cut.dcm", cut)])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cut.dcm"), "{msg}");
+    }
+
+    #[test]
+    fn oversized_slice_is_refused() {
+        // 65535 × 65535 pixels declared (above MAX_VOXELS) with 12 present.
+        let (_, files) = series_files(1);
+        let mut f = files[0].clone();
+        for tag in [tags::ROWS, tags::COLUMNS] {
+            let at = us_value_at(&f, tag);
+            f[at..at + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+        }
+        let msg = read_dicom_bytes(&f).unwrap_err().to_string();
+        assert!(
+            msg.contains("65535 × 65535 × 1") && msg.contains("1024³"),
+            "{msg}"
+        );
+    }
+
+    /// A Part 10 file: preamble, magic, a file meta group naming `transfer_syntax`, `dataset`.
+    fn part10(transfer_syntax: &str, dataset: &[u8]) -> Vec<u8> {
+        let mut ts = transfer_syntax.as_bytes().to_vec();
+        if ts.len() % 2 == 1 {
+            ts.push(0);
+        }
+        let mut meta = Vec::new();
+        meta.extend([0x02, 0x00, 0x10, 0x00]);
+        meta.extend(b"UI");
+        meta.extend((ts.len() as u16).to_le_bytes());
+        meta.extend(&ts);
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        f.extend([0x02, 0x00, 0x00, 0x00]);
+        f.extend(b"UL");
+        f.extend(4u16.to_le_bytes());
+        f.extend((meta.len() as u32).to_le_bytes());
+        f.extend(meta);
+        f.extend(dataset);
+        f
+    }
+
+    /// Found by the `dicom` fuzz target: the parser reads a binary value (UL, US, …) as whole
+    /// numbers only, so a length that is not a multiple of the value size leaves it reading the
+    /// next header from inside that value, where a length of 4 GiB was waiting; the length
+    /// check walked the elements as declared and never saw it. Now such a length is an error
+    /// before the parser runs.
+    #[test]
+    fn binary_value_length_not_a_multiple_is_refused() {
+        // Implicit VR: Group Length (0008,0000) is UL; 6 bytes. Read as one UL, the parser would
+        // take (0009,0010), a private creator (LO), with 0xFFFFFF00 bytes from the rest.
+        let mut ds = Vec::new();
+        ds.extend([0x08, 0x00, 0x00, 0x00, 6, 0, 0, 0]);
+        ds.extend([0, 0, 0, 0, 0x09, 0x00]);
+        ds.extend([0x10, 0x00, 0x00, 0xFF, 0xFF, 0xFF]);
+        let msg = read_dicom_bytes(&part10(uids::IMPLICIT_VR_LITTLE_ENDIAN, &ds))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("(0008,0000) of VR UL has 6 bytes, not a multiple of 4"),
+            "{msg}"
+        );
+
+        // Explicit VR: Rows (US) with 3 bytes.
+        let mut ds = Vec::new();
+        ds.extend([0x28, 0x00, 0x10, 0x00]);
+        ds.extend(b"US");
+        ds.extend(3u16.to_le_bytes());
+        ds.extend([1, 0, 0x30]);
+        ds.extend([0xFF; 12]);
+        let msg = read_dicom_bytes(&part10(uids::EXPLICIT_VR_LITTLE_ENDIAN, &ds))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("(0028,0010) of VR US has 3 bytes"), "{msg}");
+    }
 
     #[test]
     fn ds_fits_sixteen_characters_and_is_close() {

@@ -11,6 +11,16 @@ pub struct Error(#[from] pub(crate) ErrorKind);
 pub(crate) enum ErrorKind {
     #[error("volume size {dims:?} does not match {len} voxel values")]
     SizeMismatch { dims: [usize; 3], len: usize },
+    #[error(
+        "{}: a volume of {} × {} × {} voxels is larger than the {} (1024³) voxels the readers \
+         accept",
+        path.display(),
+        dims[0],
+        dims[1],
+        dims[2],
+        crate::volume::MAX_VOXELS
+    )]
+    TooLarge { path: PathBuf, dims: [usize; 3] },
     #[error("voxel spacing {0:?} must be finite and positive (metres)")]
     BadSpacing([f64; 3]),
     #[error("volume affine is not invertible or not finite")]

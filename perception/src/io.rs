@@ -78,27 +78,54 @@ pub fn write_nifti(path: &Path, volume: &Volume) -> Result<(), Error> {
 /// Gzip is detected from the content, not the name. Only 3D images are accepted (trailing
 /// dimensions of size 1 are fine). See the [module documentation](self) for the conventions.
 pub fn read_nifti(path: &Path) -> Result<Volume, Error> {
-    let p = || path.to_owned();
-    let raw = std::fs::read(path).map_err(|source| ErrorKind::NiftiIo { path: p(), source })?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| ErrorKind::NotNifti {
-                path: p(),
-                reason: format!("gzip data is corrupt or truncated ({e})"),
-            })?;
-        out
-    } else {
-        raw
+    let raw = std::fs::read(path).map_err(|source| ErrorKind::NiftiIo {
+        path: path.to_owned(),
+        source,
+    })?;
+    decode(path, &raw)
+}
+
+/// Reads a NIfTI-1 single-file image held in memory, plain or gzip-compressed (recognised from
+/// the content), exactly as [`read_nifti`] reads a file; errors name the source `<in memory>`.
+///
+/// Whatever the bytes, the result is a volume or an error, never a panic, and memory stays
+/// bounded by the input and the volume its header declares (at most
+/// [`MAX_VOXELS`](crate::volume::MAX_VOXELS)): a gzip stream is inflated only as far as that
+/// volume needs.
+pub fn read_nifti_bytes(bytes: &[u8]) -> Result<Volume, Error> {
+    decode(Path::new(crate::volume::IN_MEMORY), bytes)
+}
+
+/// Decompressed bytes tolerated after the voxel data of a gzip-compressed file. Reading the
+/// stream to its end verifies its CRC; the bound keeps a stream that inflates far beyond what its
+/// header declares (a decompression bomb) from filling memory.
+const GZIP_TRAILING_MAX: usize = 1 << 20;
+
+/// Where the voxels are and how to decode them, from a validated header.
+struct Layout {
+    header: NiftiHeader,
+    dims: [usize; 3],
+    size: usize,
+    decode: Decode,
+    offset: usize,
+    /// Bytes of voxel data.
+    expected: usize,
+}
+
+/// Parses and checks the header at the start of `bytes` (the decompressed file).
+fn layout(path: &Path, bytes: &[u8]) -> Result<Layout, Error> {
+    let not_nifti = |reason: String| -> Error {
+        ErrorKind::NotNifti {
+            path: path.to_owned(),
+            reason,
+        }
+        .into()
     };
-    let not_nifti = |reason: String| ErrorKind::NotNifti { path: p(), reason };
     if bytes.len() < HEADER_SIZE {
         return Err(not_nifti(format!(
             "{} bytes is shorter than the {HEADER_SIZE}-byte header",
             bytes.len()
-        ))
-        .into());
+        )));
     }
     let h = NiftiHeader::from_reader(&bytes[..HEADER_SIZE])
         .map_err(|e| not_nifti(format!("bad header ({e}); magic must be \"n+1\"")))?;
@@ -106,20 +133,18 @@ pub fn read_nifti(path: &Path) -> Result<Volume, Error> {
         return Err(not_nifti(format!(
             "sizeof_hdr is {} instead of {HEADER_SIZE}",
             h.sizeof_hdr
-        ))
-        .into());
+        )));
     }
     if &h.magic != b"n+1\0" {
         return Err(not_nifti(
             "magic \"ni1\" denotes a separate .hdr/.img pair, which is not supported".to_owned(),
-        )
-        .into());
+        ));
     }
 
     let dims = dims_3d(path, &h.dim)?;
     let (size, decode) = element(path, h.datatype)?;
-    let count = dims[0] * dims[1] * dims[2];
-    // Each dimension is below 2^15, so this cannot overflow on 64-bit targets; check anyway.
+    // Refused before anything is allocated or inflated for the voxels.
+    let count = crate::volume::checked_voxel_count(path, dims)?;
     let expected = count
         .checked_mul(size)
         .ok_or_else(|| not_nifti(format!("dimensions {dims:?} are too large")))?;
@@ -127,14 +152,84 @@ pub fn read_nifti(path: &Path) -> Result<Volume, Error> {
     if !(offset.is_finite() && offset >= HEADER_SIZE as f32) {
         return Err(not_nifti(format!(
             "vox_offset {offset} is before the end of the header"
-        ))
-        .into());
+        )));
     }
-    let offset = offset as usize;
+    // Extensions fill the space before the voxels; a gigabyte of them is no image but a way to
+    // make the reader inflate without bound.
+    if offset > MAX_VOX_OFFSET as f32 {
+        return Err(not_nifti(format!(
+            "vox_offset {offset} is beyond {MAX_VOX_OFFSET} bytes"
+        )));
+    }
+    Ok(Layout {
+        header: h,
+        dims,
+        size,
+        decode,
+        offset: offset as usize,
+        expected,
+    })
+}
+
+/// Largest `vox_offset` accepted (1 GiB of header extensions).
+const MAX_VOX_OFFSET: usize = 1 << 30;
+
+/// Reads a whole file's bytes (plain or gzip); `path` only labels errors.
+fn decode(path: &Path, raw: &[u8]) -> Result<Volume, Error> {
+    let inflated;
+    let (bytes, l) = if raw.starts_with(&[0x1f, 0x8b]) {
+        let gzip_err = |e: std::io::Error| -> Error {
+            ErrorKind::NotNifti {
+                path: path.to_owned(),
+                reason: format!("gzip data is corrupt or truncated ({e})"),
+            }
+            .into()
+        };
+        // Header first, then only as much as it declares: the output never outgrows the volume.
+        let mut gz = MultiGzDecoder::new(raw);
+        let mut out = Vec::new();
+        (&mut gz)
+            .take(HEADER_SIZE as u64)
+            .read_to_end(&mut out)
+            .map_err(gzip_err)?;
+        let l = layout(path, &out)?;
+        let limit = l
+            .offset
+            .saturating_add(l.expected)
+            .saturating_add(GZIP_TRAILING_MAX);
+        (&mut gz)
+            .take((limit - out.len()) as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(gzip_err)?;
+        if out.len() > limit {
+            return Err(ErrorKind::NotNifti {
+                path: path.to_owned(),
+                reason: format!(
+                    "the gzip stream inflates to more than {GZIP_TRAILING_MAX} bytes beyond \
+                     the {} bytes of header and voxel data",
+                    l.offset + l.expected
+                ),
+            }
+            .into());
+        }
+        inflated = out;
+        (inflated.as_slice(), l)
+    } else {
+        (raw, layout(path, raw)?)
+    };
+
+    let Layout {
+        header: h,
+        dims,
+        size,
+        decode,
+        offset,
+        expected,
+    } = l;
     let found = bytes.len().saturating_sub(offset);
     if found < expected {
         return Err(ErrorKind::NiftiTruncated {
-            path: p(),
+            path: path.to_owned(),
             offset,
             expected,
             found,
@@ -371,4 +466,118 @@ fn qform_of(linear: &Matrix3<f64>, spacing: &Vector3<f64>) -> (nalgebra::Quatern
     r.column_mut(2).scale_mut(qfac);
     let q = UnitQuaternion::from_rotation_matrix(&Rotation3::from_matrix(&r)).into_inner();
     (if q.w < 0.0 { -q } else { q }, qfac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4 × 3 × 2 volume of distinct values, as the bytes of a plain `.nii` file.
+    fn sample_file() -> (Volume, Vec<u8>) {
+        let v = Volume::from_fn([4, 3, 2], [0.5e-3, 0.7e-3, 1e-3], [0.0; 3], |i, j, k| {
+            (100 * k + 10 * j + i) as f32
+        })
+        .unwrap();
+        let bytes = encode(Path::new("sample.nii"), &v).unwrap();
+        (v, bytes)
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = GzBuilder::new().write(Vec::new(), Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn put_i16(b: &mut [u8], at: usize, v: i16) {
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn put_f32(b: &mut [u8], at: usize, v: f32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Byte offsets in the NIfTI-1 header.
+    const OFF_DIM: usize = 40;
+    const OFF_DATATYPE: usize = 70;
+    const OFF_VOX_OFFSET: usize = 108;
+
+    fn err(r: Result<Volume, Error>) -> String {
+        r.expect_err("expected an error").to_string()
+    }
+
+    #[test]
+    fn bytes_read_like_files_plain_and_gzip() {
+        let (v, plain) = sample_file();
+        for bytes in [plain.clone(), gzip(&plain)] {
+            let back = read_nifti_bytes(&bytes).unwrap();
+            assert_eq!(back.dims(), v.dims());
+            assert_eq!(back.data(), v.data());
+            assert!((back.affine().0 - v.affine().0).abs().max() < 1e-9);
+        }
+        // Errors name the in-memory source.
+        assert!(err(read_nifti_bytes(&plain[..100])).contains("<in memory>"));
+        // A few bytes of padding after the voxels, in either form, are fine.
+        let mut padded = plain.clone();
+        padded.extend([0u8; 100]);
+        assert!(read_nifti_bytes(&gzip(&padded)).is_ok());
+    }
+
+    #[test]
+    fn oversized_dims_are_refused_before_allocating() {
+        // 1024 × 1024 × 1025 voxels: each dimension valid, the product above MAX_VOXELS.
+        let (_, mut b) = sample_file();
+        for (n, d) in [1024, 1024, 1025].into_iter().enumerate() {
+            put_i16(&mut b, OFF_DIM + 2 + 2 * n, d);
+        }
+        for bytes in [b.clone(), gzip(&b)] {
+            let msg = err(read_nifti_bytes(&bytes));
+            assert!(
+                msg.contains("1024 × 1024 × 1025") && msg.contains("1024³"),
+                "{msg}"
+            );
+        }
+        // The largest dimensions the format allows (32767³) are refused the same way.
+        for n in 0..3 {
+            put_i16(&mut b, OFF_DIM + 2 + 2 * n, i16::MAX);
+        }
+        assert!(err(read_nifti_bytes(&b)).contains("1024³"));
+    }
+
+    #[test]
+    fn gzip_header_declaring_gigabytes_with_little_data_is_truncated() {
+        // 1000³ float64 voxels (8 GB) declared, a few bytes present: an error, and nothing sized
+        // by the header is allocated up front.
+        let (_, mut b) = sample_file();
+        for n in 0..3 {
+            put_i16(&mut b, OFF_DIM + 2 + 2 * n, 1000);
+        }
+        put_i16(&mut b, OFF_DATATYPE, 64);
+        let msg = err(read_nifti_bytes(&gzip(&b)));
+        assert!(
+            msg.contains("truncated") && msg.contains("8000000000"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn gzip_stream_inflating_beyond_its_header_is_refused() {
+        // A valid file followed by 4 MiB of zeros (a few kB compressed): the reader stops after
+        // the voxels plus GZIP_TRAILING_MAX instead of inflating all of it.
+        let (_, mut b) = sample_file();
+        b.resize(b.len() + (4 << 20), 0);
+        let msg = err(read_nifti_bytes(&gzip(&b)));
+        assert!(msg.contains("inflates to more than"), "{msg}");
+    }
+
+    #[test]
+    fn huge_vox_offset_is_refused() {
+        let (_, mut b) = sample_file();
+        for off in [1e12f32, f32::MAX] {
+            put_f32(&mut b, OFF_VOX_OFFSET, off);
+            for bytes in [b.clone(), gzip(&b)] {
+                let msg = err(read_nifti_bytes(&bytes));
+                assert!(msg.contains("vox_offset"), "{msg}");
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(feature = "cnn")]
 pub mod cnn;
 pub mod compound;
 pub mod ct_landmarks;

@@ -1,5 +1,7 @@
 //! A scalar voxel volume placed in the CT world frame.
 
+use std::path::Path;
+
 use nalgebra::{Matrix3, Vector3};
 use telecho_core::Transform;
 
@@ -7,6 +9,28 @@ use crate::error::ErrorKind;
 use crate::Error;
 
 pub use crate::ct_load::{detect_ct_source, load_ct, CtSource};
+
+/// Largest volume the NIfTI and DICOM readers accept, in voxels: 1024³ (4 GiB of `f32`), far
+/// above any CBCT. Headers declaring more are refused before any voxel memory is allocated, so
+/// a corrupt or hostile header cannot make a reader allocate without bound.
+pub const MAX_VOXELS: usize = 1 << 30;
+
+/// How the readers' errors name an input held in memory rather than read from a path.
+pub(crate) const IN_MEMORY: &str = "<in memory>";
+
+/// `ni · nj · nk` when it is at most [`MAX_VOXELS`]; otherwise an error naming `path`.
+pub(crate) fn checked_voxel_count(path: &Path, dims: [usize; 3]) -> Result<usize, Error> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_VOXELS)
+        .ok_or_else(|| {
+            ErrorKind::TooLarge {
+                path: path.to_owned(),
+                dims,
+            }
+            .into()
+        })
+}
 
 /// A 3D grid of `f32` values (Hounsfield units for CT) with its placement in the world.
 ///
@@ -48,6 +72,18 @@ impl Volume {
             origin,
             inverse,
         })
+    }
+
+    /// Reads a NIfTI-1 image held in memory, plain or gzip-compressed: see
+    /// [`read_nifti_bytes`](crate::io::read_nifti_bytes).
+    pub fn from_nifti_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        crate::io::read_nifti_bytes(bytes)
+    }
+
+    /// Reads one DICOM image file held in memory as a volume of one slice: see
+    /// [`read_dicom_bytes`](crate::dicom::read_dicom_bytes).
+    pub fn from_dicom_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        crate::dicom::read_dicom_bytes(bytes)
     }
 
     /// An axis-aligned volume of the given spacing (m) and origin (m, centre of voxel 0), filled by
