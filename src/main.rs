@@ -14,7 +14,7 @@ mod perception;
 mod record;
 mod scan;
 mod sim;
-mod soak;
+pub(crate) mod soak;
 mod teleop;
 
 use std::process::ExitCode;

@@ -43,7 +43,7 @@ use telecho_teleop::wire::{CommandMode, LeaseOutcome, Pose, SafetyCode, Target};
 use crate::cli_error::CliError;
 use crate::scan::Scenario;
 use crate::sim::Arm;
-use crate::teleop::serve::{self, Hooks, ServeArgs};
+use crate::teleop::serve::{self, Hooks, LoopStatus, ServeArgs};
 use crate::CliResult;
 
 /// After a fault has ended, the system must be back to normal operation within this time, s.
@@ -492,12 +492,13 @@ fn path_target(start: &Transform, t: f64) -> Target {
     })
 }
 
-struct Operator {
-    client: TeleopClient,
+/// A console-side client (the console's QUIC client with a certificate from the PKI).
+pub(crate) struct Operator {
+    pub(crate) client: TeleopClient,
 }
 
 impl Operator {
-    async fn connect(pki: &Path, name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(pki: &Path, name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
         let mut cfg = ClientConfig::from_pki(pki, name, addr)?;
         cfg.connect_timeout = Duration::from_secs(10);
         let client = TeleopClient::connect(cfg).await?;
@@ -505,7 +506,7 @@ impl Operator {
     }
 
     /// Acquires the lease (retrying while a previous connection of ours still holds it).
-    async fn acquire(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn acquire(&mut self) -> anyhow::Result<()> {
         for _ in 0..20 {
             match self
                 .client
@@ -519,12 +520,12 @@ impl Operator {
         Err(anyhow!("the operator could not acquire the lease"))
     }
 
-    fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.client.request(|c| c.reset());
     }
 
     /// Drops queued events (state, haptics, frames) so the client's queue never fills.
-    async fn drain(&mut self) {
+    pub(crate) async fn drain(&mut self) {
         while self.client.next_event(Duration::ZERO).await.is_some() {}
     }
 }
@@ -535,7 +536,7 @@ async fn drive(
     start: Transform,
     addr_rx: tokio::sync::oneshot::Receiver<SocketAddr>,
     ft_fault: Arc<Mutex<Option<Option<FtFault>>>>,
-    status: Arc<Mutex<(f64, SafetyCode)>>,
+    status: Arc<Mutex<LoopStatus>>,
 ) -> anyhow::Result<Driven> {
     let server = tokio::time::timeout(Duration::from_secs(30), addr_rx)
         .await
@@ -565,7 +566,7 @@ async fn drive(
     let mut d = Driven::default();
     let t0 = Instant::now();
     let total = Duration::from_secs_f64(args.minutes * 60.0);
-    let safety = || status.lock().unwrap_or_else(|e| e.into_inner()).1;
+    let safety = || status.lock().unwrap_or_else(|e| e.into_inner()).safety;
     let mut iv = tokio::time::interval(COMMAND_PERIOD);
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_rss = Duration::ZERO;

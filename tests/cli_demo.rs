@@ -64,6 +64,7 @@ fn demo_runs_scan_registration_and_writes_report_and_recording() {
             "scan",
             "registration",
             "expert_review",
+            "remote_expert",
             "report"
         ]
     );
@@ -87,9 +88,36 @@ fn demo_runs_scan_registration_and_writes_report_and_recording() {
         "{reg}"
     );
 
+    // Remote expert over QUIC (150 ms RTT, 1 % loss): the L4/L5 facet joint in the image plane
+    // and within the 70 mm image depth, commands about one-way-delay old, no force violation.
+    let rx = &v["remote_expert"];
+    assert_eq!(rx["passed"], true, "{rx}");
+    assert!(
+        rx["facet_to_image_plane_mm"].as_f64().unwrap() < 3.0,
+        "{rx}"
+    );
+    let depth = rx["facet_depth_mm"].as_f64().unwrap();
+    assert!(depth > 0.0 && depth < 70.0, "{rx}");
+    let p50 = rx["command_age_p50_ms"].as_f64().unwrap();
+    assert!((70.0..150.0).contains(&p50), "{rx}");
+    assert_eq!(rx["force_limit_violations"], 0);
+    assert!(
+        rx["force_max_n"].as_f64().unwrap() > 4.0,
+        "the expert was in contact: {rx}"
+    );
+    assert!(rx["commands_applied"].as_u64().unwrap() > 3000, "{rx}");
+    assert!(rx["audit_records"].as_u64().unwrap() > 3000, "{rx}");
+    assert!(telecho_teleop::audit::verify(&out.join("teleop-audit.log")).is_ok());
+
     // The report and its plots.
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    for img in ["force.png", "overlay.png", "landmarks.png", "phases.png"] {
+    for img in [
+        "force.png",
+        "overlay.png",
+        "landmarks.png",
+        "phases.png",
+        "latency.png",
+    ] {
         assert!(
             html.contains(&format!("src=\"{img}\"")),
             "{img} not in the report"

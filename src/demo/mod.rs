@@ -12,12 +12,18 @@
 //!    guess and reports the landmarks in the robot's frame;
 //! 5. **expert review** — the registration is shown for acceptance; the demo's simulated expert
 //!    accepts it when the perception node did not refuse and its uncertainty is below 2 mm;
-//! 6. **report** — `report.html` with PNG plots in `--out`.
+//! 6. **remote expert** — a simulated expert at a remote console takes over over QUIC (mutual
+//!    TLS, 150 ms RTT, 1 % loss through the impairment proxy), steers the probe to the right
+//!    L4/L5 facet joint as the registration places it, holds the view and retracts
+//!    ([`handover`]);
+//! 7. **report** — `report.html` with PNG plots in `--out` (force, overlay, landmarks, command
+//!    latency histogram, phase timing).
 //!
 //! Only the evaluator (this module's scoring, never the nodes) reads the simulator's truth.
 //! Exit code 0 when every phase passed; 1 when one failed (the summary and whatever was written
 //! are kept); 2 bad input.
 
+mod handover;
 pub(crate) mod kinematics;
 mod report;
 
@@ -119,6 +125,7 @@ struct DemoSummary {
     kinematics: Vec<kinematics::ArmCheck>,
     scan: ScanSummary,
     registration: RegistrationSummary,
+    remote_expert: Option<handover::HandoverSummary>,
     phases: Vec<Phase>,
     wall_s: f64,
     out: String,
@@ -311,7 +318,56 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
         },
     );
 
-    // 6. Report.
+    // 6. Remote expert over QUIC.
+    let t0 = Instant::now();
+    let bar = phase_bar("remote expert");
+    bar.set_message("QUIC, 150 ms RTT, 1 % loss: steering to the L4/L5 facet joint");
+    const FACET: &str = "L4_facet_right";
+    let facet_est = reg
+        .landmarks
+        .iter()
+        .find(|l| l.name == FACET)
+        .map(|l| l.xyz);
+    let facet_true = truth_landmarks
+        .iter()
+        .find(|t| t.name == FACET)
+        .map(|t| t_true.transform_point(&t.xyz_ct));
+    let (remote, command_ages_ms) = match (rs.accepted_by_expert, facet_est, facet_true) {
+        (true, Some(est), Some(truth)) => {
+            let (h, ages) = handover::run(
+                args.arm,
+                args.sim_seed,
+                &args.out,
+                &reg.t_base_ct,
+                &est,
+                &truth,
+            )?;
+            (Some(h), ages)
+        }
+        _ => (None, Vec::new()),
+    };
+    let remote_note = match &remote {
+        Some(h) => format!(
+            "facet joint {:.1} mm from the image plane, {:.0} mm deep; command age p50 {:.0} ms, \
+             p99 {:.0} ms; max force {:.1} N",
+            h.facet_to_image_plane_mm,
+            h.facet_depth_mm,
+            h.command_age_p50_ms,
+            h.command_age_p99_ms,
+            h.force_max_n
+        ),
+        None => "skipped: the registration was not accepted".to_owned(),
+    };
+    finish(
+        bar,
+        &mut phases,
+        "remote_expert",
+        t0,
+        remote.as_ref().is_some_and(|h| h.passed),
+        remote_note.clone(),
+    );
+
+    // 7. Report.
     let t0 = Instant::now();
     let bar = phase_bar("report");
     let overlay_frame = pick_overlay_frame(&sweep, &outcome.compounded);
@@ -350,8 +406,10 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
             .iter()
             .map(|p| (p.name, p.wall_s, p.passed, p.note.clone()))
             .collect::<Vec<_>>(),
-        summary_json: &serde_json::to_string_pretty(&(&scan_summary, &rs))
+        summary_json: &serde_json::to_string_pretty(&(&scan_summary, &rs, &remote))
             .map_err(CliError::failed)?,
+        command_ages_ms: &command_ages_ms,
+        remote_note: &remote_note,
     };
     report::write(&args.out, &report_path, &inputs).map_err(CliError::failed)?;
     finish(
@@ -371,6 +429,7 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
         kinematics: arms,
         scan: scan_summary,
         registration: rs,
+        remote_expert: remote,
         phases,
         wall_s: wall.elapsed().as_secs_f64(),
         out: args.out.display().to_string(),

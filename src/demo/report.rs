@@ -31,6 +31,83 @@ pub(super) struct ReportInputs<'a> {
     pub(super) phases: &'a [(&'static str, f64, bool, String)],
     /// The summary metrics, pretty JSON.
     pub(super) summary_json: &'a str,
+    /// Ages of the remote expert's commands at the patient side, ms (empty: no remote phase).
+    pub(super) command_ages_ms: &'a [f64],
+    /// One line on the remote expert phase.
+    pub(super) remote_note: &'a str,
+}
+
+/// Histogram of the remote expert's command ages (1 ms bins) with its median and 99th percentile.
+fn plot_latency(path: &Path, ages_ms: &[f64]) -> anyhow::Result<()> {
+    let text = font_available();
+    let root = BitMapBackend::new(path, (960, 360)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let finite: Vec<f64> = ages_ms.iter().copied().filter(|a| a.is_finite()).collect();
+    let lo = finite
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .min(1e6)
+        .floor();
+    let hi = finite
+        .iter()
+        .copied()
+        .fold(0.0, f64::max)
+        .ceil()
+        .max(lo + 1.0);
+    let bins = ((hi - lo) as usize + 1).clamp(1, 400);
+    let width = (hi - lo + 1.0) / bins as f64;
+    let mut counts = vec![0u32; bins];
+    for a in &finite {
+        let i = (((a - lo) / width) as usize).min(bins - 1);
+        counts[i] += 1;
+    }
+    let c_max = counts.iter().copied().max().unwrap_or(1).max(1);
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(12);
+    if text {
+        builder
+            .caption(
+                "Remote expert: age of each command at the patient side",
+                ("sans-serif", 20),
+            )
+            .x_label_area_size(36)
+            .y_label_area_size(56);
+    } else {
+        builder.x_label_area_size(8).y_label_area_size(8);
+    }
+    let x0 = if lo.is_finite() { lo } else { 0.0 };
+    let mut chart = builder
+        .build_cartesian_2d(x0..x0 + width * bins as f64, 0u32..c_max + c_max / 10 + 1)
+        .map_err(plot_err)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("command age (ms)").y_desc("commands");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(plot_err)?;
+    chart
+        .draw_series(counts.iter().enumerate().map(|(i, c)| {
+            let a = x0 + width * i as f64;
+            Rectangle::new([(a, 0), (a + width, *c)], RGBColor(31, 119, 180).filled())
+        }))
+        .map_err(plot_err)?;
+    let mut sorted = finite;
+    sorted.sort_by(f64::total_cmp);
+    for (q, color) in [(0.5, RGBColor(44, 160, 44)), (0.99, RGBColor(214, 39, 40))] {
+        let v = percentile(&sorted, q);
+        if v.is_finite() {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(v, 0), (v, c_max)],
+                    color.stroke_width(2),
+                )))
+                .map_err(plot_err)?;
+        }
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
 }
 
 const FONT_CANDIDATES: [&str; 6] = [
@@ -235,6 +312,9 @@ pub(super) fn write(dir: &Path, path: &Path, r: &ReportInputs<'_>) -> anyhow::Re
         &timing,
         RGBColor(148, 103, 189),
     )?;
+    if !r.command_ages_ms.is_empty() {
+        plot_latency(&dir.join("latency.png"), r.command_ages_ms)?;
+    }
     let mut html = String::new();
     let _ = write!(
         html,
@@ -245,7 +325,8 @@ pub(super) fn write(dir: &Path, path: &Path, r: &ReportInputs<'_>) -> anyhow::Re
          img{{max-width:100%;border:1px solid #ddd}}</style></head><body>\n\
          <h1>telecho demo — simulated patient {seed}</h1>\n\
          <p>Simulated patient and CBCT → autonomous lumbar scan (control node, safety supervisor, \
-         1 kHz) → US↔CBCT registration without an initial guess → expert review. Scoring against \
+         1 kHz) → US↔CBCT registration without an initial guess → expert review → a remote \
+         expert steering over QUIC (150 ms RTT, 1 % loss) to the L4/L5 facet joint. Scoring against \
          the simulator's truth is the evaluator's; the nodes never see it.</p>\n<h2>Phases</h2>\n\
          <table><tr><th>phase</th><th>wall s</th><th>passed</th><th>note</th></tr>\n",
         seed = r.seed
@@ -276,6 +357,15 @@ pub(super) fn write(dir: &Path, path: &Path, r: &ReportInputs<'_>) -> anyhow::Re
         let _ = writeln!(
             html,
             "<tr><td>{name}</td><td>{e:.2}</td><td>{c:.2}</td></tr>"
+        );
+    }
+    if !r.command_ages_ms.is_empty() {
+        let _ = write!(
+            html,
+            "</table>\n<h2>Remote expert</h2>\n<img src=\"latency.png\" alt=\"command age \
+             histogram\">\n<p>{} Green: median, red: 99th percentile of the command age at the \
+             patient side (clock-offset corrected; includes the link's one-way delay).</p>\n<table>",
+            html_escape(r.remote_note)
         );
     }
     let _ = write!(

@@ -103,8 +103,20 @@ pub(crate) struct Hooks {
     /// An F/T sensor fault for the simulator to switch to (`Some(None)` clears it); taken by the
     /// control thread within a cycle.
     pub(crate) ft_fault: Arc<Mutex<Option<Option<FtFault>>>>,
-    /// Simulation time and safety state of the control loop, updated every 5 cycles.
-    pub(crate) status: Arc<Mutex<(f64, SafetyCode)>>,
+    /// The control loop's state, updated every 5 cycles.
+    pub(crate) status: Arc<Mutex<LoopStatus>>,
+    /// When set, the age at the patient side (s) of every operator command applied.
+    pub(crate) command_ages: Option<Arc<Mutex<Vec<f64>>>>,
+}
+
+/// What an in-process caller sees of the control loop (the evaluator's view: the true probe
+/// pose comes from the simulator).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoopStatus {
+    /// Safety state as sent to the console.
+    pub(crate) safety: SafetyCode,
+    /// True probe pose in the base frame.
+    pub(crate) t_base_probe: Transform,
 }
 
 impl Default for Hooks {
@@ -113,7 +125,11 @@ impl Default for Hooks {
             stop: Arc::default(),
             addr: None,
             ft_fault: Arc::default(),
-            status: Arc::new(Mutex::new((0.0, SafetyCode::Normal))),
+            status: Arc::new(Mutex::new(LoopStatus {
+                safety: SafetyCode::Normal,
+                t_base_probe: Transform::new(nalgebra::Matrix3::identity(), Vector3::zeros()),
+            })),
+            command_ages: None,
         }
     }
 }
@@ -169,6 +185,7 @@ struct LinkSource {
     start_pose: Transform,
     safety: SafetyConfig,
     protocols_started: u64,
+    ages: Option<Arc<Mutex<Vec<f64>>>>,
 }
 
 impl LinkSource {
@@ -191,6 +208,9 @@ impl LinkSource {
             }
         }
         if let Some(c) = self.commands.latest() {
+            if let Some(ages) = &self.ages {
+                ages.lock().unwrap_or_else(|e| e.into_inner()).push(c.age_s);
+            }
             self.inner.push_command(c);
         }
     }
@@ -371,6 +391,7 @@ pub(crate) async fn serve(
             start_pose,
             safety,
             protocols_started: 0,
+            ages: hooks.command_ages.clone(),
         };
         let mut world = world;
         let ft_fault = hooks.ft_fault.clone();
@@ -422,8 +443,10 @@ pub(crate) async fn serve(
                             s.force_n = out.contact_force_base_n;
                             s.contact = contact_model(out, CONTACT_DAMPING_N_S_M);
                             drop(s);
-                            *status.lock().unwrap_or_else(|e| e.into_inner()) =
-                                (obs.time_s, safety_code(&out.safety));
+                            *status.lock().unwrap_or_else(|e| e.into_inner()) = LoopStatus {
+                                safety: safety_code(&out.safety),
+                                t_base_probe: gt.t_base_probe,
+                            };
                         }
                         // Pace on absolute deadlines.
                         let deadline = start + Duration::from_micros(k * 1000);

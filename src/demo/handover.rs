@@ -1,0 +1,282 @@
+//! The demo's remote-expert phase: after the registration is accepted, a simulated expert at a
+//! remote console takes over over QUIC — through the seeded impairment proxy at 150 ms RTT and
+//! 1 % loss — and steers the probe from the scan's start point on the skin to the right L4/L5
+//! facet joint (the `L4_facet_right` landmark: on L4's inferior articular process, at the joint
+//! with L5) as the *registration* places it, holds the view, and retracts.
+//!
+//! The patient side is exactly `telecho teleop serve --sim` (same seed: the same patient,
+//! placement and breathing as the scan), run in-process. The expert is the console's QUIC client
+//! with the `operator` certificate of a site PKI made in `--out/pki`; every accepted command is in
+//! `--out/teleop-audit.log`. Scoring (evaluator only) compares the probe's final true pose with
+//! the true facet joint.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use nalgebra::{Matrix3, UnitQuaternion, Vector3};
+use serde::Serialize;
+use telecho_control::ScanProtocol;
+use telecho_core::Transform;
+use telecho_sim::plant::operator_start_pose;
+use telecho_teleop::net::impair::{ImpairConfig, ImpairProxy, Impairment};
+use telecho_teleop::wire::{CommandMode, Pose, SafetyCode, Target};
+
+use crate::cli_error::CliError;
+use crate::perception::register::percentile;
+use crate::scan::Scenario;
+use crate::sim::Arm;
+use crate::soak::Operator;
+use crate::teleop::serve::{self, Hooks, LoopStatus, ServeArgs};
+
+/// Round-trip time of the expert's link, ms.
+pub(crate) const RTT_MS: f64 = 150.0;
+/// Datagram loss of the expert's link, each direction.
+pub(crate) const LOSS: f64 = 0.01;
+/// The facet joint must lie within this distance of the image plane at the end of the hold, mm.
+const PASS_PLANE_MM: f64 = 3.0;
+
+/// Timeline of the expert's session, s from the lease: free-space approach to 20 mm above the
+/// start point, contact there, move to the facet, hold, retract.
+const APPROACH_S: f64 = 3.0;
+const CONTACT_S: f64 = 3.0;
+const MOVE_S: f64 = 6.0;
+const HOLD_S: f64 = 4.0;
+const RETRACT_S: f64 = 3.0;
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct HandoverSummary {
+    pub(crate) passed: bool,
+    pub(crate) rtt_ms: f64,
+    pub(crate) loss: f64,
+    pub(crate) target: String,
+    /// Distance from the true facet joint to the image plane (the probe's x–z plane) at the end
+    /// of the hold, mm.
+    pub(crate) facet_to_image_plane_mm: f64,
+    /// Distance from the true facet joint to the probe axis at the end of the hold, mm.
+    pub(crate) facet_to_probe_axis_mm: f64,
+    /// Depth of the facet joint below the probe face, mm (inside the 70 mm image when < 70).
+    pub(crate) facet_depth_mm: f64,
+    /// Age of the operator commands applied at the patient side, ms.
+    pub(crate) command_age_p50_ms: f64,
+    pub(crate) command_age_p99_ms: f64,
+    pub(crate) commands_sent: u64,
+    pub(crate) commands_applied: u64,
+    pub(crate) force_max_n: f64,
+    pub(crate) force_limit_violations: u64,
+    pub(crate) safety_events: std::collections::BTreeMap<String, u64>,
+    pub(crate) audit_records: u64,
+    pub(crate) wall_s: f64,
+}
+
+/// Minimum-jerk blend 0 → 1 over `u` ∈ [0, 1].
+fn min_jerk(u: f64) -> f64 {
+    let u = u.clamp(0.0, 1.0);
+    u * u * u * (10.0 - 15.0 * u + 6.0 * u * u)
+}
+
+/// Probe orientation looking into the back along the registered CT's anterior axis, array along
+/// its cranial axis (a paramedian sagittal view).
+fn sagittal_rotation(t_base_ct: &Transform) -> Matrix3<f64> {
+    let inward = t_base_ct.rotation * Vector3::y();
+    let cranial = t_base_ct.rotation * Vector3::z();
+    let x = (cranial - inward * cranial.dot(&inward)).normalize();
+    Matrix3::from_columns(&[x, inward.cross(&x), inward])
+}
+
+/// Runs the phase. `t_base_ct_est` is the accepted registration, `facet_base_est` the target
+/// landmark where the perception node reports it (CT detection through the registration, base
+/// frame), `facet_true_base` the evaluator's truth.
+pub(crate) fn run(
+    arm: Arm,
+    seed: u64,
+    out: &Path,
+    t_base_ct_est: &Transform,
+    facet_base_est: &Vector3<f64>,
+    facet_true_base: &Vector3<f64>,
+) -> Result<(HandoverSummary, Vec<f64>), CliError> {
+    let wall = Instant::now();
+    let pki = out.join("pki");
+    if !pki.join("ca.pem").is_file() {
+        telecho_teleop::pki::init(&pki, &[])
+            .map_err(|e| CliError::failed(anyhow!("PKI in {}: {e}", pki.display())))?;
+    }
+    let audit = out.join("teleop-audit.log");
+    let _ = std::fs::remove_file(&audit);
+    let sargs = ServeArgs {
+        sim: true,
+        listen: ([127, 0, 0, 1], 0).into(),
+        pki: pki.clone(),
+        audit,
+        sim_seed: seed,
+        duration_s: None,
+        arm,
+        state_hz: 100.0,
+        us_fps: 30.0,
+        max_age_ms: 300.0,
+        json: false,
+    };
+    let sc = Scenario::new(arm, seed, ScanProtocol::default_lumbar())?;
+    let start = operator_start_pose(&sc.world, seed);
+    let config = serve::server_config(&sargs, &sc)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+        .map_err(CliError::failed)?;
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let ages = Arc::new(Mutex::new(Vec::new()));
+    let hooks = Hooks {
+        addr: Some(addr_tx),
+        command_ages: Some(ages.clone()),
+        ..Hooks::default()
+    };
+    let stop = hooks.stop.clone();
+    let status = hooks.status.clone();
+    let view = sagittal_rotation(t_base_ct_est);
+    let (served, expert) = rt.block_on(async {
+        let expert = async {
+            let r = expert(&pki, addr_rx, &start, facet_base_est, &view, &status).await;
+            stop.store(true, Ordering::Relaxed);
+            r
+        };
+        tokio::join!(serve::serve(&sargs, sc, config, hooks), expert)
+    });
+    let served = served?;
+    let (sent, probe_at_hold) = expert.map_err(CliError::failed)?;
+    let mut ages_ms: Vec<f64> = ages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|a| a * 1e3)
+        .collect();
+    ages_ms.sort_by(f64::total_cmp);
+    // Evaluator: the true facet joint against the probe's true pose at the end of the hold.
+    let d = facet_true_base - probe_at_hold.translation;
+    let r = probe_at_hold.rotation;
+    let (x, y, z) = (r.column(0), r.column(1), r.column(2));
+    let plane_mm = 1e3 * d.dot(&y).abs();
+    let axis_mm = 1e3 * (d.dot(&x).powi(2) + d.dot(&y).powi(2)).sqrt();
+    let depth_mm = 1e3 * d.dot(&z);
+    let s = HandoverSummary {
+        passed: plane_mm <= PASS_PLANE_MM
+            && served.force_limit_violations == 0
+            && (0.0..70.0).contains(&depth_mm),
+        rtt_ms: RTT_MS,
+        loss: LOSS,
+        target: "L4_facet_right (right L4/L5 facet joint)".into(),
+        facet_to_image_plane_mm: plane_mm,
+        facet_to_probe_axis_mm: axis_mm,
+        facet_depth_mm: depth_mm,
+        command_age_p50_ms: percentile(&ages_ms, 0.5),
+        command_age_p99_ms: percentile(&ages_ms, 0.99),
+        commands_sent: sent,
+        commands_applied: served.commands_applied,
+        force_max_n: served.force_max_n,
+        force_limit_violations: served.force_limit_violations,
+        safety_events: served.safety_events,
+        audit_records: served.audit_records,
+        wall_s: wall.elapsed().as_secs_f64(),
+    };
+    Ok((s, ages_ms))
+}
+
+use std::sync::atomic::Ordering;
+
+/// The expert's session; returns the commands sent and the true probe pose at the end of the
+/// hold.
+async fn expert(
+    pki: &Path,
+    addr_rx: tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
+    start: &Transform,
+    facet: &Vector3<f64>,
+    view: &Matrix3<f64>,
+    status: &Arc<Mutex<LoopStatus>>,
+) -> anyhow::Result<(u64, Transform)> {
+    let server = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+        .await
+        .context("the patient side did not start")?
+        .context("the patient side stopped")?;
+    let one_way = Impairment {
+        delay_s: RTT_MS * 0.5e-3,
+        jitter_s: 0.0,
+        loss: LOSS,
+        duplicate: 0.0,
+    };
+    let proxy = ImpairProxy::start(
+        ([127, 0, 0, 1], 0).into(),
+        server,
+        ImpairConfig {
+            up: one_way,
+            down: one_way,
+            seed: 150,
+        },
+    )
+    .await?;
+    let mut op = Operator::connect(pki, "operator", proxy.local_addr()).await?;
+    op.acquire().await?;
+    op.reset();
+    let look = |p: Vector3<f64>| {
+        Target::Pose(Pose {
+            position_m: p,
+            orientation: UnitQuaternion::from_matrix(view),
+        })
+    };
+    let snapshot = || *status.lock().unwrap_or_else(|e| e.into_inner());
+    let mut iv = tokio::time::interval(Duration::from_millis(4));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    let mut at_hold = None;
+    let outward = -view.column(2).into_owned();
+    let mut retract_from = None;
+    let approach_from = snapshot().t_base_probe.translation;
+    let above_start = start.translation + outward * 0.02;
+    loop {
+        iv.tick().await;
+        let t = t0.elapsed().as_secs_f64() - APPROACH_S;
+        let (mode, force, target) = if t < 0.0 {
+            let u = min_jerk(1.0 + t / APPROACH_S);
+            (
+                CommandMode::Free,
+                0.0,
+                look(approach_from + (above_start - approach_from) * u),
+            )
+        } else if t < CONTACT_S {
+            (CommandMode::Contact, 8.0, look(start.translation))
+        } else if t < CONTACT_S + MOVE_S {
+            let u = min_jerk((t - CONTACT_S) / MOVE_S);
+            (
+                CommandMode::Contact,
+                8.0,
+                look(start.translation + (facet - start.translation) * u),
+            )
+        } else if t < CONTACT_S + MOVE_S + HOLD_S {
+            (CommandMode::Contact, 8.0, look(*facet))
+        } else if t < CONTACT_S + MOVE_S + HOLD_S + RETRACT_S {
+            let s = snapshot();
+            if at_hold.is_none() {
+                at_hold = Some(s.t_base_probe);
+            }
+            let from = *retract_from.get_or_insert(s.t_base_probe.translation);
+            let u = min_jerk((t - CONTACT_S - MOVE_S - HOLD_S) / RETRACT_S);
+            (CommandMode::Free, 0.0, look(from + outward * (0.06 * u)))
+        } else {
+            break;
+        };
+        op.client.send_command(mode, force, target);
+        sent += 1;
+        op.drain().await;
+    }
+    let end = snapshot();
+    if end.safety != SafetyCode::Normal {
+        tracing::warn!(safety = ?end.safety, "remote expert session ended in a safety state");
+    }
+    op.client.request(|c| c.release());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    op.client.close().await;
+    let at_hold = at_hold.ok_or_else(|| anyhow!("the expert session ended before the hold"))?;
+    Ok((sent, at_hold))
+}
