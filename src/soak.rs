@@ -37,7 +37,7 @@ use telecho_core::Transform;
 use telecho_sim::plant::operator_start_pose;
 use telecho_sim::FtFault;
 use telecho_teleop::net::client::{ClientConfig, TeleopClient};
-use telecho_teleop::net::impair::{ImpairConfig, ImpairProxy, Impairment};
+use telecho_teleop::net::impair::Impairment;
 use telecho_teleop::wire::{CommandMode, LeaseOutcome, Pose, SafetyCode, Target};
 
 use crate::cli_error::CliError;
@@ -246,28 +246,18 @@ pub(crate) fn run(args: &SoakArgs) -> CliResult {
     let _ = std::fs::remove_file(&audit);
     // The acceptor's age bound: the one-way delay plus jitter plus a margin.
     let max_age_ms = (args.rtt_ms / 2.0 + args.jitter_ms + 100.0).clamp(20.0, 2000.0);
-    let sargs = ServeArgs {
-        sim: true,
-        listen: ([127, 0, 0, 1], 0).into(),
-        pki: pki.clone(),
-        audit: audit.clone(),
-        sim_seed: args.sim_seed,
-        duration_s: None,
-        arm: Arm::Ur5e,
-        state_hz: 100.0,
-        us_fps: args.us_fps,
+    let sargs = ServeArgs::in_process(
+        pki.clone(),
+        audit.clone(),
+        Arm::Ur5e,
+        args.sim_seed,
+        args.us_fps,
         max_age_ms,
-        json: false,
-    };
+    );
     let sc = Scenario::new(sargs.arm, sargs.sim_seed, ScanProtocol::default_lumbar())?;
     let start_pose = operator_start_pose(&sc.world, sc.seed);
     let config = serve::server_config(&sargs, &sc)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")
-        .map_err(CliError::failed)?;
+    let rt = serve::runtime()?;
     let wall = Instant::now();
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let hooks = Hooks {
@@ -538,26 +528,14 @@ async fn drive(
     ft_fault: Arc<Mutex<Option<Option<FtFault>>>>,
     status: Arc<Mutex<LoopStatus>>,
 ) -> anyhow::Result<Driven> {
-    let server = tokio::time::timeout(Duration::from_secs(30), addr_rx)
-        .await
-        .context("the patient side did not start")?
-        .context("the patient side stopped")?;
+    let server = serve::patient_address(addr_rx).await?;
     let one_way = Impairment {
         delay_s: args.rtt_ms * 0.5e-3,
         jitter_s: args.jitter_ms * 1e-3,
         loss: args.loss_pct / 100.0,
         duplicate: 0.0,
     };
-    let proxy = ImpairProxy::start(
-        ([127, 0, 0, 1], 0).into(),
-        server,
-        ImpairConfig {
-            up: one_way,
-            down: one_way,
-            seed: args.sim_seed,
-        },
-    )
-    .await?;
+    let proxy = serve::impaired_link(server, one_way, args.sim_seed).await?;
     let addr = proxy.local_addr();
     let mut op = Operator::connect(pki, "operator", addr).await?;
     op.acquire().await?;

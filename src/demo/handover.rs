@@ -14,13 +14,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use nalgebra::{Matrix3, UnitQuaternion, Vector3};
 use serde::Serialize;
 use telecho_control::ScanProtocol;
 use telecho_core::Transform;
 use telecho_sim::plant::operator_start_pose;
-use telecho_teleop::net::impair::{ImpairConfig, ImpairProxy, Impairment};
+use telecho_teleop::net::impair::Impairment;
 use telecho_teleop::wire::{CommandMode, Pose, SafetyCode, Target};
 
 use crate::cli_error::CliError;
@@ -104,28 +104,11 @@ pub(crate) fn run(
     }
     let audit = out.join("teleop-audit.log");
     let _ = std::fs::remove_file(&audit);
-    let sargs = ServeArgs {
-        sim: true,
-        listen: ([127, 0, 0, 1], 0).into(),
-        pki: pki.clone(),
-        audit,
-        sim_seed: seed,
-        duration_s: None,
-        arm,
-        state_hz: 100.0,
-        us_fps: 30.0,
-        max_age_ms: 300.0,
-        json: false,
-    };
+    let sargs = ServeArgs::in_process(pki.clone(), audit, arm, seed, 30.0, 300.0);
     let sc = Scenario::new(arm, seed, ScanProtocol::default_lumbar())?;
     let start = operator_start_pose(&sc.world, seed);
     let config = serve::server_config(&sargs, &sc)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")
-        .map_err(CliError::failed)?;
+    let rt = serve::runtime()?;
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let ages = Arc::new(Mutex::new(Vec::new()));
     let hooks = Hooks {
@@ -195,26 +178,14 @@ async fn expert(
     view: &Matrix3<f64>,
     status: &Arc<Mutex<LoopStatus>>,
 ) -> anyhow::Result<(u64, Transform)> {
-    let server = tokio::time::timeout(Duration::from_secs(30), addr_rx)
-        .await
-        .context("the patient side did not start")?
-        .context("the patient side stopped")?;
+    let server = serve::patient_address(addr_rx).await?;
     let one_way = Impairment {
         delay_s: RTT_MS * 0.5e-3,
         jitter_s: 0.0,
         loss: LOSS,
         duplicate: 0.0,
     };
-    let proxy = ImpairProxy::start(
-        ([127, 0, 0, 1], 0).into(),
-        server,
-        ImpairConfig {
-            up: one_way,
-            down: one_way,
-            seed: 150,
-        },
-    )
-    .await?;
+    let proxy = serve::impaired_link(server, one_way, 150).await?;
     let mut op = Operator::connect(pki, "operator", proxy.local_addr()).await?;
     op.acquire().await?;
     op.reset();

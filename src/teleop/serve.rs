@@ -310,14 +310,74 @@ pub(crate) fn run(args: &ServeArgs) -> CliResult {
     check_args(args)?;
     let sc = Scenario::new(args.arm, args.sim_seed, ScanProtocol::default_lumbar())?;
     let config = server_config(args, &sc)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let report = runtime()?.block_on(serve(args, sc, config, Hooks::default()))?;
+    print_report(args, &report)
+}
+
+/// The tokio runtime of a serve run (two workers: the machine has two cores and the control loop
+/// has its own thread).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("tokio runtime")
-        .map_err(CliError::failed)?;
-    let report = rt.block_on(serve(args, sc, config, Hooks::default()))?;
-    print_report(args, &report)
+        .map_err(CliError::failed)
+}
+
+impl ServeArgs {
+    /// A serve run inside another command (`soak`, the demo's remote expert): the simulator on
+    /// loopback at any free port, run until [`Hooks::stop`].
+    pub(crate) fn in_process(
+        pki: PathBuf,
+        audit: PathBuf,
+        arm: Arm,
+        sim_seed: u64,
+        us_fps: f64,
+        max_age_ms: f64,
+    ) -> Self {
+        Self {
+            sim: true,
+            listen: ([127, 0, 0, 1], 0).into(),
+            pki,
+            audit,
+            sim_seed,
+            duration_s: None,
+            arm,
+            state_hz: 100.0,
+            us_fps,
+            max_age_ms,
+            json: false,
+        }
+    }
+}
+
+/// Starts the impairment proxy in front of `server`, the same impairment in both directions.
+pub(crate) async fn impaired_link(
+    server: SocketAddr,
+    one_way: telecho_teleop::net::impair::Impairment,
+    seed: u64,
+) -> anyhow::Result<telecho_teleop::net::impair::ImpairProxy> {
+    Ok(telecho_teleop::net::impair::ImpairProxy::start(
+        ([127, 0, 0, 1], 0).into(),
+        server,
+        telecho_teleop::net::impair::ImpairConfig {
+            up: one_way,
+            down: one_way,
+            seed,
+        },
+    )
+    .await?)
+}
+
+/// Waits for the in-process patient side to report its address.
+pub(crate) async fn patient_address(
+    rx: tokio::sync::oneshot::Receiver<SocketAddr>,
+) -> anyhow::Result<SocketAddr> {
+    tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .context("the patient side did not start")?
+        .context("the patient side stopped")
 }
 
 /// The server configuration of a serve run: the PKI, the audit log and the acceptor's limits
