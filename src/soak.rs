@@ -170,6 +170,8 @@ struct SoakReport {
     commands_applied: u64,
     commands_refused: u64,
     malformed_datagrams: u64,
+    commands_unaudited: u64,
+    audit_failures: u64,
     connections: u64,
     control_cycles: u64,
     loop_stalls: u64,
@@ -296,6 +298,8 @@ pub(crate) fn run(args: &SoakArgs) -> CliResult {
         commands_applied: served.commands_applied,
         commands_refused: served.commands_refused,
         malformed_datagrams: served.malformed_datagrams,
+        commands_unaudited: served.commands_unaudited,
+        audit_failures: served.audit_failures,
         connections: served.connections,
         control_cycles: served.control_cycles,
         loop_stalls: served.loop_stalls,
@@ -387,6 +391,12 @@ fn judge(r: &mut SoakReport) {
                 c.injected
             ));
         }
+    }
+    if r.audit_failures > 0 {
+        f.push(format!(
+            "{} audit-log write failures ({} commands withheld)",
+            r.audit_failures, r.commands_unaudited
+        ));
     }
     if !r.audit_verified {
         f.push("the audit log does not verify".into());

@@ -160,6 +160,9 @@ pub(crate) struct ServeReport {
     pub(crate) commands_applied: u64,
     pub(crate) commands_refused: u64,
     pub(crate) malformed_datagrams: u64,
+    /// Accepted commands withheld because the audit log could not be written.
+    pub(crate) commands_unaudited: u64,
+    pub(crate) audit_failures: u64,
     pub(crate) estops: u64,
     pub(crate) resets: u64,
     pub(crate) protocols_started: u64,
@@ -652,6 +655,8 @@ pub(crate) async fn serve(
     report.commands_accepted = stats.core.commands.accepted;
     report.commands_refused = stats.core.commands.dropped();
     report.malformed_datagrams = stats.core.malformed_datagrams;
+    report.commands_unaudited = stats.commands_unaudited;
+    report.audit_failures = stats.audit_failures;
     report.states_sent = states_sent.load(Ordering::Relaxed);
     report.frames_sent = stats.frames_sent;
     report.frames_skipped = stats.frames_skipped;

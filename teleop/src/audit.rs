@@ -317,11 +317,13 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log at `path`. An existing log is verified first and the chain
-    /// continues from its last line; a log that fails verification is refused.
+    /// Opens (or creates) the log at `path`. An existing log file is verified first and the
+    /// chain continues from its last line; a log that fails verification is refused.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let mut chain = AuditChain::default();
-        if path.exists() {
+        // A regular file is a log to continue; anything else (a pipe to a log collector, a
+        // device) is written to without reading it back.
+        if path.is_file() {
             let v = verify(path)?;
             chain.next_seq = v.records;
             chain.prev = v.last_hash;

@@ -198,6 +198,11 @@ pub struct ServerStats {
     pub frames_skipped: u64,
     /// Audit records written.
     pub audit_records: u64,
+    /// Accepted commands withheld from the control node because the audit log could not be
+    /// written (every command that moves the robot is on record first).
+    pub commands_unaudited: u64,
+    /// Audit-log writes that failed.
+    pub audit_failures: u64,
 }
 
 #[derive(Default)]
@@ -209,6 +214,10 @@ struct Counters {
     datagrams_unsent: AtomicU64,
     frames_sent: AtomicU64,
     frames_skipped: AtomicU64,
+    commands_unaudited: AtomicU64,
+    audit_failures: AtomicU64,
+    /// The last audit write or flush failed: commands are withheld until a flush succeeds.
+    audit_down: AtomicBool,
 }
 
 struct ConnHandle {
@@ -248,7 +257,27 @@ impl Shared {
         r
     }
 
-    fn dispatch(&self, outputs: Vec<Output>) {
+    /// Appends one record and writes it through to the file, so that a command is on record
+    /// before it can reach the control node. On failure the log is marked down.
+    fn audit(&self, who: &crate::audit::Who, what: &crate::audit::AuditEvent) {
+        let mut audit = lock(&self.audit);
+        let Some(log) = audit.as_mut() else {
+            tracing::debug!(who = %who.cn, ?what, "audit");
+            return;
+        };
+        if let Err(e) = log.append(who, what).and_then(|()| log.flush()) {
+            self.counters.audit_failures.fetch_add(1, Ordering::Relaxed);
+            if !self.counters.audit_down.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "audit log: {e}; operator commands withheld until it can be written"
+                );
+            }
+        }
+    }
+
+    fn dispatch(&self, mut outputs: Vec<Output>) {
+        // Records first: a command's audit record is written before the command is passed on.
+        outputs.sort_by_key(|o| !matches!(o, Output::Audit { .. }));
         for o in outputs {
             match o {
                 Output::Datagram { to, msg } => {
@@ -268,7 +297,11 @@ impl Shared {
                     }
                 }
                 Output::Command(c) => {
-                    if !self.commands.push(c) {
+                    if self.counters.audit_down.load(Ordering::Relaxed) {
+                        self.counters
+                            .commands_unaudited
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else if !self.commands.push(c) {
                         self.counters
                             .commands_overflowed
                             .fetch_add(1, Ordering::Relaxed);
@@ -280,17 +313,7 @@ impl Shared {
                 Output::Session { by, request } => {
                     let _ = self.events.send(ServerEvent::Session { by, request });
                 }
-                Output::Audit { who, what } => {
-                    let mut audit = lock(&self.audit);
-                    match audit.as_mut() {
-                        Some(log) => {
-                            if let Err(e) = log.append(&who, &what) {
-                                tracing::error!("audit log: {e}");
-                            }
-                        }
-                        None => tracing::debug!(who = %who.cn, ?what, "audit"),
-                    }
-                }
+                Output::Audit { who, what } => self.audit(&who, &what),
             }
         }
     }
@@ -391,6 +414,8 @@ impl TeleopServer {
             frames_sent: c.frames_sent.load(Ordering::Relaxed),
             frames_skipped: c.frames_skipped.load(Ordering::Relaxed),
             audit_records,
+            commands_unaudited: c.commands_unaudited.load(Ordering::Relaxed),
+            audit_failures: c.audit_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -516,8 +541,21 @@ async fn tick_loop(shared: Arc<Shared>, period: Duration) {
         n += 1;
         if n.is_multiple_of(20) {
             if let Some(a) = lock(&shared.audit).as_mut() {
-                if let Err(e) = a.flush() {
-                    tracing::error!("audit log: {e}");
+                match a.flush() {
+                    Err(e) => {
+                        shared
+                            .counters
+                            .audit_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        if !shared.counters.audit_down.swap(true, Ordering::Relaxed) {
+                            tracing::error!("audit log: {e}; operator commands withheld");
+                        }
+                    }
+                    Ok(()) => {
+                        if shared.counters.audit_down.swap(false, Ordering::Relaxed) {
+                            tracing::warn!("audit log writable again: operator commands pass");
+                        }
+                    }
                 }
             }
         }
