@@ -482,6 +482,8 @@ pub struct ControlOutput {
     pub force_setpoint_n: f64,
     /// Compensated contact force on the probe, base frame, N (unfiltered).
     pub contact_force_base_n: Vector3<f64>,
+    /// Compensated contact torque about the probe tip, base frame, N·m (unfiltered).
+    pub contact_torque_base_nm: Vector3<f64>,
     /// True when the filtered force is above the touch threshold.
     pub in_contact: bool,
     /// Seconds spent in [`ContactPhase::Regulate`] so far (0 otherwise).
@@ -516,6 +518,7 @@ impl ControlOutput {
             force_n: 0.0,
             force_setpoint_n: 0.0,
             contact_force_base_n: Vector3::zeros(),
+            contact_torque_base_nm: Vector3::zeros(),
             in_contact: false,
             regulating_s: 0.0,
             t_base_probe: Transform::IDENTITY,
@@ -587,6 +590,7 @@ pub struct ProbeController {
     regulating_s: f64,
     n_est: Vector3<f64>,
     last_force_base: Vector3<f64>,
+    last_torque_base: Vector3<f64>,
     /// Contact force on the probe (base frame) low-passed over ~20 ms, valid samples only: the
     /// direction a retract must take to get away from the patient.
     force_base_filt: Vector3<f64>,
@@ -691,6 +695,7 @@ impl ProbeController {
             regulating_s: 0.0,
             n_est: Vector3::z(),
             last_force_base: Vector3::zeros(),
+            last_torque_base: Vector3::zeros(),
             force_base_filt: Vector3::zeros(),
             touching: false,
             stiffness: f64::NAN,
@@ -815,6 +820,7 @@ impl ProbeController {
             let torque_tip =
                 r_base_sensor * w.torque_nm + (p_sensor - t_meas.translation).cross(&f_base);
             self.last_force_base = f_base;
+            self.last_torque_base = torque_tip;
             if dt > 0.0 && f_base.iter().all(|x| x.is_finite()) {
                 self.force_base_filt +=
                     (f_base - self.force_base_filt) * (dt / (RETREAT_FILTER_S + dt));
@@ -960,6 +966,7 @@ impl ProbeController {
             self.f_ref
         };
         out.contact_force_base_n = self.last_force_base;
+        out.contact_torque_base_nm = self.last_torque_base;
         out.in_contact = self.touching;
         out.regulating_s = self.regulating_s;
         out.surface_normal_base = self.n_est;

@@ -143,6 +143,7 @@ struct Snapshot {
     t_base_probe: Transform,
     t_ct_probe: Transform,
     force_n: Vector3<f64>,
+    torque_nm: Vector3<f64>,
     contact: Option<ContactModel>,
 }
 
@@ -394,6 +395,7 @@ pub(crate) fn server_config(args: &ServeArgs, sc: &Scenario) -> Result<ServerCon
     config.core.acceptor.workspace_max_m = Vector3::from(safety.workspace_max_m);
     config.core.acceptor.max_force_n = safety.force_limit_n - safety.setpoint_margin_n;
     config.core.acceptor.max_age_s = args.max_age_ms * 1e-3;
+    config.core.protocols = vec!["lumbar".into(), "default".into()];
     config.core.predictor.max_horizon_s = config.core.predictor.max_horizon_s.max(
         (args.max_age_ms * 1e-3).min(1.0), // predict over the whole accepted age
     );
@@ -438,6 +440,7 @@ pub(crate) async fn serve(
         t_base_probe: world.ground_truth().t_base_probe,
         t_ct_probe: world.t_ct_probe(),
         force_n: Vector3::zeros(),
+        torque_nm: Vector3::zeros(),
         contact: None,
     }));
     let stop = hooks.stop.clone();
@@ -504,6 +507,7 @@ pub(crate) async fn serve(
                             s.t_base_probe = out.t_base_probe;
                             s.t_ct_probe = gt.t_ct_probe;
                             s.force_n = out.contact_force_base_n;
+                            s.torque_nm = out.contact_torque_base_nm;
                             s.contact = contact_model(out, CONTACT_DAMPING_N_S_M);
                             drop(s);
                             *status.lock().unwrap_or_else(|e| e.into_inner()) = LoopStatus {
@@ -560,8 +564,8 @@ pub(crate) async fn serve(
                 iv.tick().await;
                 let s = snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let pose = Pose::from_transform(&s.t_base_probe);
-                server.publish_state(s.safety, s.joints_rad, pose, s.force_n, Vector3::zeros());
-                server.publish_haptic(s.force_n, Vector3::zeros(), s.contact);
+                server.publish_state(s.safety, s.joints_rad, pose, s.force_n, s.torque_nm);
+                server.publish_haptic(s.force_n, s.torque_nm, s.contact);
                 sent.fetch_add(1, Ordering::Relaxed);
             }
         })

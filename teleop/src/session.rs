@@ -24,7 +24,7 @@ use crate::wire::{
 use crate::Error;
 
 /// Settings of the patient side.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PatientConfig {
     /// Control lease.
     pub lease: LeaseConfig,
@@ -40,6 +40,9 @@ pub struct PatientConfig {
     pub watchdog: WatchdogConfig,
     /// Refused commands of one kind from one client are audited at most this often, s.
     pub refusal_audit_interval_s: f64,
+    /// Scan protocols the patient side can run; `StartProtocol` with another name is answered
+    /// `Invalid` (empty: any well-formed name is passed on).
+    pub protocols: Vec<String>,
 }
 
 impl Default for PatientConfig {
@@ -52,6 +55,7 @@ impl Default for PatientConfig {
             predict: true,
             watchdog: WatchdogConfig::default(),
             refusal_audit_interval_s: 1.0,
+            protocols: Vec::new(),
         }
     }
 }
@@ -702,6 +706,22 @@ impl PatientCore {
                             req,
                             status: ReplyStatus::Invalid,
                             text: "protocol name must be 1-64 of [A-Za-z0-9_.-]".into(),
+                        },
+                    });
+                    return Ok(());
+                }
+                let known = &self.config.protocols;
+                if !known.is_empty() && !known.contains(&name) {
+                    let text = format!(
+                        "unknown scan protocol `{name}` (known: {})",
+                        known.join(", ")
+                    );
+                    self.out.push_back(Output::Control {
+                        to: conn,
+                        msg: Message::Reply {
+                            req,
+                            status: ReplyStatus::Invalid,
+                            text,
                         },
                     });
                     return Ok(());

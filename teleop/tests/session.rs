@@ -554,3 +554,61 @@ fn malformed_and_misdirected_input_is_refused() {
     w.pump();
     assert!(w.sessions.is_empty());
 }
+
+#[test]
+fn unknown_scan_protocols_are_answered_invalid() {
+    let mut w = World::new(0.01, 0.0, 0.0);
+    w.patient = PatientCore::new(PatientConfig {
+        protocols: vec!["lumbar".into()],
+        ..PatientConfig::default()
+    })
+    .unwrap();
+    let op = w.connect("operator", Role::Operator, 0.0);
+    w.run(0.1, |_| {});
+    w.clients[op].core.acquire();
+    w.pump();
+    w.run(0.05, |_| {});
+    let now = w.now();
+    for (req, name) in [(21, "hip"), (22, "lumbar")] {
+        w.patient
+            .handle_control(
+                1,
+                Message::StartProtocol {
+                    req,
+                    name: name.into(),
+                },
+                now,
+            )
+            .unwrap();
+    }
+    let mut replies = Vec::new();
+    while let Some(o) = w.patient.poll_output() {
+        match o {
+            Output::Control {
+                msg: Message::Reply { req, status, text },
+                ..
+            } => replies.push((req, status, text)),
+            Output::Session { request, .. } => w.sessions.push(("op".into(), request)),
+            _ => {}
+        }
+    }
+    // Only the known one reaches the control node; the unknown one is answered at once.
+    assert_eq!(
+        w.sessions,
+        [(
+            "op".to_owned(),
+            SessionRequest::StartProtocol("lumbar".into())
+        )]
+    );
+    let hip = replies
+        .iter()
+        .find(|r| r.0 == 21)
+        .expect("a reply to `hip`");
+    assert_eq!(hip.1, ReplyStatus::Invalid);
+    assert!(hip.2.contains("unknown scan protocol `hip`"), "{}", hip.2);
+    let lumbar = replies
+        .iter()
+        .find(|r| r.0 == 22)
+        .expect("a reply to `lumbar`");
+    assert_eq!(lumbar.1, ReplyStatus::Ok);
+}
