@@ -16,7 +16,11 @@ for t in "${TARGETS[@]}"; do
     # on the last line.
     cargo fuzz run -s none -O "$t" -- -max_total_time="$SECONDS_EACH" -max_len=65536 \
         -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)|panicked|ERROR" || true
-    if ls "artifacts/$t"/crash-* "artifacts/$t"/oom-* "artifacts/$t"/timeout-* >/dev/null 2>&1; then
+    # (One glob per kind, unmatched ones dropped: `ls a* b*` fails when any pattern is empty,
+    # which hid a real crash once.)
+    found=$(compgen -G "artifacts/$t/crash-*" || true; compgen -G "artifacts/$t/oom-*" || true;
+        compgen -G "artifacts/$t/timeout-*" || true)
+    if [ -n "$found" ]; then
         echo "fuzz target $t found a failing input: see fuzz/artifacts/$t" >&2
         exit 1
     fi

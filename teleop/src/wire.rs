@@ -66,6 +66,10 @@ pub mod limits {
     pub const MAX_US_FRAME: usize = 16 * 1024 * 1024 + 1024;
 }
 
+/// A decoded unit vector or quaternion whose norm is within this of 1 is taken as already
+/// normalised (a few ulps: what one normalisation leaves).
+const UNIT_ROUNDING: f64 = 8.0 * f64::EPSILON;
+
 /// A probe pose: position and orientation, in the robot base frame unless stated otherwise.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pose {
@@ -908,8 +912,16 @@ impl<'a> Reader<'a> {
 
     fn unit_vec3(&mut self, field: &'static str) -> Result<Unit<Vector3<f64>>, ErrorKind> {
         let v = self.vec3_in(field, 2.0)?;
-        self.unit_check(field, v.norm())?;
-        Ok(Unit::new_normalize(v))
+        let n = v.norm();
+        self.unit_check(field, n)?;
+        // Renormalised only when not already unit to rounding: decode∘encode is then exact
+        // after one pass (renormalising a normalised value can move its last bits; found by
+        // fuzzing the round trip).
+        Ok(if (n - 1.0).abs() <= UNIT_ROUNDING {
+            Unit::new_unchecked(v)
+        } else {
+            Unit::new_normalize(v)
+        })
     }
 
     fn pose(&mut self, field: &'static str) -> Result<Pose, ErrorKind> {
@@ -919,10 +931,16 @@ impl<'a> Reader<'a> {
         let y = self.f64_in(field, -2.0, 2.0)?;
         let z = self.f64_in(field, -2.0, 2.0)?;
         let q = Quaternion::new(w, x, y, z);
-        self.unit_check(field, q.norm())?;
+        let n = q.norm();
+        self.unit_check(field, n)?;
         Ok(Pose {
             position_m,
-            orientation: UnitQuaternion::from_quaternion(q),
+            // As in `unit_vec3`: left as sent when already unit to rounding.
+            orientation: if (n - 1.0).abs() <= UNIT_ROUNDING {
+                UnitQuaternion::new_unchecked(q)
+            } else {
+                UnitQuaternion::from_quaternion(q)
+            },
         })
     }
 

@@ -377,3 +377,20 @@ proptest! {
         prop_assert!(pa.orientation.angle_to(&pb.orientation) < 1e-9);
     }
 }
+
+/// Fuzz finding (teleop_wire, 246 M executions): a state whose quaternion had norm 1 − 1e-7
+/// decoded, re-encoded and decoded to last-bit-different values — renormalising a normalised
+/// quaternion is not idempotent in floating point. Now exact after one pass.
+#[test]
+fn decode_encode_is_exact_after_one_pass_for_nearly_unit_quaternions() {
+    use telecho_teleop::wire::Message;
+    let data = include_bytes!("data/fuzz-teleop-wire-renormalise.bin");
+    let msg = Message::decode(data).unwrap();
+    let mut again = Vec::new();
+    msg.encode(&mut again);
+    let round = Message::decode(&again).unwrap();
+    assert_eq!(round, msg);
+    let mut third = Vec::new();
+    round.encode(&mut third);
+    assert_eq!(third, again, "encoding is a fixed point after one decode");
+}
