@@ -156,6 +156,8 @@ struct SoakReport {
     rss_final_mib: f64,
     rss_max_mib: f64,
     rss_growth_pct: f64,
+    /// RSS at every tenth of the run, MiB (the shape of any growth).
+    rss_series_mib: Vec<f64>,
     /// Whether the RSS criterion applies: runs shorter than [`MIN_RSS_JUDGED_MIN`] measure the
     /// warm-up (connection buffers, codec and audit state growing to their working size).
     rss_judged: bool,
@@ -359,6 +361,9 @@ fn rss_summary(samples: &[(f64, u64)], duration_s: f64, r: &mut SoakReport) {
     r.rss_baseline_mib = mib(base);
     r.rss_final_mib = mib(fin);
     r.rss_max_mib = mib(samples.iter().map(|s| s.1).max().unwrap_or(0));
+    r.rss_series_mib = (0..=10)
+        .map(|k| mib(samples[(k * (samples.len() - 1)) / 10].1))
+        .collect();
     r.rss_growth_pct = if base > 0 {
         100.0 * (fin as f64 - base as f64) / base as f64
     } else {

@@ -331,14 +331,30 @@ impl TeleopClient {
     }
 
     /// Closes the connection (the server sees a disconnect at once).
-    pub async fn close(self) {
-        for t in &self.tasks {
+    pub async fn close(mut self) {
+        for t in self.tasks.drain(..) {
             t.abort();
         }
         self.shared.conn.close(quinn::VarInt::from_u32(0), b"bye");
         tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle())
             .await
             .ok();
+        // The endpoint is ours alone (one per client): close it, so that its driver and its
+        // receive buffers go now rather than whenever the last handle happens to be dropped.
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+}
+
+impl Drop for TeleopClient {
+    /// A client dropped without [`TeleopClient::close`] stops its tasks and closes its
+    /// connection, so that nothing keeps the connection and its endpoint alive.
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared
+            .conn
+            .close(quinn::VarInt::from_u32(0), b"dropped");
     }
 }
 
@@ -392,9 +408,13 @@ async fn datagram_loop(shared: Arc<Shared>) {
 }
 
 async fn frame_loop(shared: Arc<Shared>) {
+    // The per-frame readers live in a set owned by this task: aborting the loop (close, drop)
+    // aborts them too, so none outlives the client holding its connection and endpoint.
+    let mut readers = tokio::task::JoinSet::new();
     while let Ok(mut recv) = shared.conn.accept_uni().await {
+        while readers.try_join_next().is_some() {}
         let shared = shared.clone();
-        tokio::spawn(async move {
+        readers.spawn(async move {
             let Ok(data) = recv.read_to_end(limits::MAX_US_FRAME + 4).await else {
                 return;
             };
