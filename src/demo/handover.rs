@@ -11,6 +11,7 @@
 //! the true facet joint.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -165,8 +166,6 @@ pub(crate) fn run(
     };
     Ok((s, ages_ms))
 }
-
-use std::sync::atomic::Ordering;
 
 /// The expert's session; returns the commands sent and the true probe pose at the end of the
 /// hold.
