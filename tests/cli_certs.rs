@@ -14,7 +14,7 @@ fn telecho(args: &[&str]) -> Output {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-cli-certs-{name}-{}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("cli-certs-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     d
 }

@@ -9,7 +9,7 @@ use telecho_core::recording::read_recording;
 use telecho_core::ros_msgs::{from_cdr, JointState, WrenchStamped};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-cli-demo-{}-{name}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("cli-demo-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     d
 }

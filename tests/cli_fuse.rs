@@ -34,7 +34,7 @@ fn telecho(args: &[&str]) -> Output {
 fn scan_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("telecho-cli-fuse-{}", std::process::id()));
+        let d = telecho_testkit::scratch("cli-fuse");
         std::fs::remove_dir_all(&d).ok();
         let out = telecho(&[
             "scan",

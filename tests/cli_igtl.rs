@@ -27,7 +27,7 @@ fn telecho(args: &[&str]) -> Output {
 fn scan_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("telecho-cli-igtl-{}", std::process::id()));
+        let d = telecho_testkit::scratch("cli-igtl");
         std::fs::remove_dir_all(&d).ok();
         let out = telecho(&[
             "scan",
@@ -47,7 +47,7 @@ fn scan_dir() -> &'static Path {
 
 /// An empty scratch directory of this test process.
 fn work_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-cli-igtl-{name}-{}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("cli-igtl-{name}"));
     std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -211,7 +211,7 @@ fn assert_bad_input(args: &[&str], expect_in_message: &str) {
 
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
-    let dir = std::env::temp_dir().join(format!("telecho-cli-kin-{}", std::process::id()));
+    let dir = telecho_testkit::scratch("cli-kin");
     std::fs::create_dir_all(&dir).unwrap();
     let malformed = dir.join("malformed.urdf");
     std::fs::write(&malformed, "<robot name='x'><link name='a'><joint").unwrap();

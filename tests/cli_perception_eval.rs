@@ -43,7 +43,7 @@ fn dataset(seeds: &str, n: &str, dir: &Path) -> Output {
 
 #[test]
 fn dataset_files_have_the_documented_layout_and_replay() {
-    let base = std::env::temp_dir().join(format!("telecho-cli-dataset-{}", std::process::id()));
+    let base = telecho_testkit::scratch("cli-dataset");
     let (a, b) = (base.join("a"), base.join("b"));
     for d in [&a, &b] {
         ok(&dataset("1000..1002", "12", d));

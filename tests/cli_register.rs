@@ -28,10 +28,7 @@ fn scanned(seed: u64) -> PathBuf {
     if let Some((_, d)) = dirs.iter().find(|(s, _)| *s == seed) {
         return d.clone();
     }
-    let dir = std::env::temp_dir().join(format!(
-        "telecho-cli-register-{}-seed{seed}",
-        std::process::id()
-    ));
+    let dir = telecho_testkit::scratch(&format!("cli-register-seed{seed}"));
     std::fs::remove_dir_all(&dir).ok();
     let o = telecho(&[
         "scan",
@@ -146,10 +143,7 @@ fn registers_seed_2() {
 #[test]
 fn corrupt_sweep_is_a_clear_input_error() {
     let dir = scanned(1);
-    let bad = std::env::temp_dir().join(format!(
-        "telecho-cli-register-{}-corrupt",
-        std::process::id()
-    ));
+    let bad = telecho_testkit::scratch("cli-register-corrupt");
     std::fs::remove_dir_all(&bad).ok();
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::copy(dir.join("sweep/sweep.json"), bad.join("sweep.json")).unwrap();
@@ -192,8 +186,7 @@ fn corrupt_sweep_is_a_clear_input_error() {
 #[test]
 fn a_sweep_without_bone_is_refused() {
     let dir = scanned(1);
-    let dark =
-        std::env::temp_dir().join(format!("telecho-cli-register-{}-dark", std::process::id()));
+    let dark = telecho_testkit::scratch("cli-register-dark");
     std::fs::remove_dir_all(&dark).ok();
     std::fs::create_dir_all(&dark).unwrap();
     std::fs::copy(dir.join("sweep/sweep.json"), dark.join("sweep.json")).unwrap();
@@ -218,10 +211,7 @@ fn a_scan_aborted_after_three_seconds_of_sweep_is_refused() {
     // An F/T fault stops seed 11's scan 3 s into its first sweep (~60 mm over L5–L4): the few
     // bone points seen cannot fix six degrees of freedom and the vertebral level. Registration
     // must say so rather than guess.
-    let dir = std::env::temp_dir().join(format!(
-        "telecho-cli-register-{}-aborted",
-        std::process::id()
-    ));
+    let dir = telecho_testkit::scratch("cli-register-aborted");
     std::fs::remove_dir_all(&dir).ok();
     let o = telecho(&[
         "scan",

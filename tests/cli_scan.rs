@@ -34,7 +34,7 @@ to = [0.01, 0.03]
 "#;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-cli-scan-{}-{name}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("cli-scan-{name}"));
     std::fs::remove_dir_all(&d).ok();
     d
 }

@@ -18,7 +18,7 @@ fn phantom(seed: &str, out: &Path, voxel_mm: &str) -> std::process::Output {
 
 #[test]
 fn phantom_writes_ct_and_landmarks_deterministically() {
-    let base = std::env::temp_dir().join(format!("telecho-cli-sim-{}", std::process::id()));
+    let base = telecho_testkit::scratch("cli-sim");
     let (a, b) = (base.join("a"), base.join("b"));
     for dir in [&a, &b] {
         let out = phantom("12", dir, "1.0");
@@ -106,7 +106,7 @@ fn dicom_files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn phantom_dicom_series_equals_the_nifti() {
-    let dir = std::env::temp_dir().join(format!("telecho-cli-sim-dicom-{}", std::process::id()));
+    let dir = telecho_testkit::scratch("cli-sim-dicom");
     let out = phantom("5", &dir, "1.2");
     assert!(
         out.status.success(),
@@ -151,7 +151,7 @@ fn phantom_dicom_series_equals_the_nifti() {
 
 #[test]
 fn phantom_refuses_bad_voxel_size_before_writing() {
-    let dir = std::env::temp_dir().join(format!("telecho-cli-sim-bad-{}", std::process::id()));
+    let dir = telecho_testkit::scratch("cli-sim-bad");
     for v in ["0", "nan", "-1", "50"] {
         let out = phantom("1", &dir, v);
         assert_eq!(out.status.code(), Some(2), "--voxel-mm {v}");
@@ -168,7 +168,7 @@ fn phantom_refuses_bad_voxel_size_before_writing() {
 
 #[test]
 fn export_gazebo_writes_the_scene_of_a_seed() {
-    let dir = std::env::temp_dir().join(format!("telecho-cli-gazebo-{}", std::process::id()));
+    let dir = telecho_testkit::scratch("cli-gazebo");
     let _ = std::fs::remove_dir_all(&dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_telecho"))
         .args([
@@ -253,7 +253,7 @@ fn us_frame(
 /// `sim us`: a transverse frame over L3's spinous process, 2.5 mm into the skin of seed 7.
 #[test]
 fn us_frame_over_the_spinous_process() {
-    let dir = std::env::temp_dir().join(format!("telecho-cli-us-{}", std::process::id()));
+    let dir = telecho_testkit::scratch("cli-us");
     std::fs::create_dir_all(&dir).unwrap();
     // Beam along +y (anterior): roll −π/2 maps the probe's +z to ct +y.
     let (xyz, rpy) = ("0,-0.1,-0.0108", "-1.5707963267948966,0,0");

@@ -33,7 +33,7 @@ fn matrix(v: &Value) -> Matrix4<f64> {
 
 #[test]
 fn measured_poses_agree_with_the_true_poses() {
-    let dir = std::env::temp_dir().join(format!("telecho-cli-sweep-{}", std::process::id()));
+    let dir = telecho_testkit::scratch("cli-sweep");
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     let protocol = dir.join("short.toml");

@@ -24,7 +24,7 @@ fn telecho(args: &[&str]) -> Output {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-cli-teleop-{name}-{}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("cli-teleop-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

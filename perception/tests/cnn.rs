@@ -217,7 +217,7 @@ fn corrupt_truncated_and_empty_models_are_errors() {
     assert!(CnnDetector::from_bytes(&garbage, cfg, &Backend::Tract).is_err());
     let e = err_text(CnnDetector::from_bytes(&[], cfg, &Backend::Tract));
     assert!(e.contains("empty"), "{e}");
-    let dir = std::env::temp_dir().join(format!("telecho_cnn_test_{}", std::process::id()));
+    let dir = telecho_testkit::scratch("cnn_test");
     std::fs::create_dir_all(&dir).unwrap();
     let missing = dir.join("missing.onnx");
     let e = err_text(CnnDetector::from_file(&missing, &Backend::Tract));
@@ -384,7 +384,7 @@ fn onnxruntime_gives_the_same_maps() {
         );
         return;
     };
-    let out = std::env::temp_dir().join(format!("telecho_cnn_ort_{}.f32", std::process::id()));
+    let out = telecho_testkit::scratch("cnn_ort.f32");
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

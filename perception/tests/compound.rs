@@ -23,7 +23,7 @@ const BONE_ROW: usize = 100; // 25 mm deep
 const PROBE_Z: f64 = 0.10; // probe face height in base, m
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-compound-{}-{name}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("compound-{name}"));
     std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d

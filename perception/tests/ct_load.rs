@@ -10,7 +10,7 @@ use telecho_perception::io::write_nifti;
 use telecho_perception::volume::{detect_ct_source, load_ct, CtSource, Volume};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-ctload-{}-{name}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("ctload-{name}"));
     std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d

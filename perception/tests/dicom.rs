@@ -44,7 +44,7 @@ impl Drop for Scratch {
 fn temp_path(name: &str) -> Scratch {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("telecho-dicom-{}-{n}-{name}", std::process::id()));
+    let dir = telecho_testkit::scratch(&format!("dicom-{n}-{name}"));
     std::fs::remove_dir_all(&dir).ok();
     Scratch(dir)
 }

@@ -26,7 +26,7 @@ const TIP_Y: f64 = -0.02;
 const TILT: f64 = 0.2;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-fuse-{}-{name}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("fuse-{name}"));
     std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -13,7 +13,7 @@ use telecho_perception::volume::Volume;
 fn temp_dir(name: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("telecho-nifti-{}-{n}-{name}", std::process::id()));
+    let dir = telecho_testkit::scratch(&format!("nifti-{n}-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -15,7 +15,7 @@ const SX: f64 = 0.0005;
 const SZ: f64 = 0.0004;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-sweep-{}-{name}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("sweep-{name}"));
     std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d

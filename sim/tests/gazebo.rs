@@ -15,7 +15,7 @@ const UR5E: &str = include_str!("../../urdf/ur5e_probe.urdf");
 const PANDA: &str = include_str!("../../urdf/panda_probe.urdf");
 
 fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-gazebo-{}-{name}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("gazebo-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     d
 }

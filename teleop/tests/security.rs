@@ -8,7 +8,7 @@ use telecho_teleop::pki::{init, issue, load_certs, load_key, read_identity, PkiD
 use telecho_teleop::wire::Role;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("telecho-teleop-{name}-{}", std::process::id()));
+    let d = telecho_testkit::scratch(&format!("teleop-{name}"));
     let _ = fs::remove_dir_all(&d);
     d
 }

@@ -23,7 +23,7 @@ pub struct Pkis {
 pub fn pkis() -> &'static Pkis {
     static P: OnceLock<Pkis> = OnceLock::new();
     P.get_or_init(|| {
-        let base = std::env::temp_dir().join(format!("telecho-teleop-net-{}", std::process::id()));
+        let base = telecho_testkit::scratch("teleop-net");
         let _ = std::fs::remove_dir_all(&base);
         let site = base.join("site");
         let foreign = base.join("foreign");
@@ -64,5 +64,5 @@ pub fn client_config(name: &str, server: SocketAddr) -> ClientConfig {
 }
 
 pub fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("telecho-teleop-{name}-{}", std::process::id()))
+    telecho_testkit::scratch(&format!("teleop-{name}"))
 }
