@@ -1090,7 +1090,10 @@ impl ProbeController {
     ) -> (Vector3<f64>, Vector3<f64>, bool, ControlMode) {
         let zero = Vector3::zeros();
         match state {
-            SafetyState::EStop => (zero, zero, true, ControlMode::EStop),
+            SafetyState::EStop => match self.estop_yield(ft_ok) {
+                Some(v) => (v, zero, false, ControlMode::EStop),
+                None => (zero, zero, true, ControlMode::EStop),
+            },
             SafetyState::FaultStop { .. } => match self.reaction_twist(t_des, dt) {
                 Some(v) => (v, zero, false, ControlMode::FaultStop),
                 None => (zero, zero, true, ControlMode::FaultStop),
@@ -1170,6 +1173,21 @@ impl ProbeController {
     }
 
     /// Straight-line reaction motion; `None` when there is none (stop) or it is finished.
+    /// During an e-stop: the back-off velocity that yields to the patient's push once the
+    /// measured contact force exceeds `estop_yield_force_n` (along the force, i.e. away from the
+    /// patient; speed proportional to the excess, capped), or `None` to stay stopped. Without a
+    /// healthy force reading the arm stays stopped.
+    fn estop_yield(&self, ft_ok: bool) -> Option<Vector3<f64>> {
+        let c = self.config.safety;
+        let f = self.force_base_filt;
+        let excess = f.norm() - c.estop_yield_force_n;
+        if !ft_ok || excess.is_nan() || excess <= 0.0 {
+            return None;
+        }
+        let speed = (excess * c.estop_yield_m_s_per_n).min(c.estop_yield_speed_m_s);
+        Some(f.normalize() * speed)
+    }
+
     fn reaction_twist(&mut self, t_des: &Transform, dt: f64) -> Option<Vector3<f64>> {
         let r = self.reaction?;
         if self.time_s < r.start_time_s {

@@ -98,6 +98,17 @@ pub struct SafetyConfig {
     pub fault_backoff_speed_m_s: f64,
     /// Largest difference between commanded and measured joint positions, rad (default 0.1).
     pub max_tracking_error_rad: f64,
+    /// During an e-stop the arm yields to the patient once the measured contact force exceeds
+    /// this, N (default 10). An e-stop commands no motion, but a frozen probe in contact with a
+    /// breathing patient is pushed harder with every breath (found by `telecho soak`: 20.1 N);
+    /// above this force the supervisor backs off along the measured force — away from the
+    /// patient, never toward — until the force drops back.
+    pub estop_yield_force_n: f64,
+    /// Admittance of that yield: back-off speed per newton above the yield force, m/s per N
+    /// (default 0.002: 2 mm/s per N).
+    pub estop_yield_m_s_per_n: f64,
+    /// Fastest yield, m/s (default 0.01).
+    pub estop_yield_speed_m_s: f64,
 }
 
 impl Default for SafetyConfig {
@@ -127,6 +138,9 @@ impl Default for SafetyConfig {
             fault_backoff_m: 0.005,
             fault_backoff_speed_m_s: 0.01,
             max_tracking_error_rad: 0.1,
+            estop_yield_force_n: 10.0,
+            estop_yield_m_s_per_n: 0.002,
+            estop_yield_speed_m_s: 0.01,
         }
     }
 }
@@ -224,6 +238,24 @@ impl SafetyConfig {
             self.max_tracking_error_rad,
             1e-3,
             1.0,
+        )?;
+        check(
+            "estop_yield_force_n",
+            self.estop_yield_force_n,
+            1.0,
+            self.force_limit_n,
+        )?;
+        check(
+            "estop_yield_m_s_per_n",
+            self.estop_yield_m_s_per_n,
+            1e-4,
+            0.05,
+        )?;
+        check(
+            "estop_yield_speed_m_s",
+            self.estop_yield_speed_m_s,
+            1e-3,
+            self.contact_speed_limit_m_s,
         )?;
         Ok(())
     }

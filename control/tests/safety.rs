@@ -489,6 +489,64 @@ fn tracking_error_fault_stops() {
     );
 }
 
+/// E-stop in contact with a breathing patient on stiff tissue (5 N/mm, 5 mm breathing): frozen,
+/// the probe would be pushed far past the 20 N limit by the patient's own breathing (found by
+/// `telecho soak`). The supervisor yields above `estop_yield_force_n` — along the measured force,
+/// never toward the patient — and otherwise commands nothing. Returns (max |F| over 10 s,
+/// largest commanded speed toward the patient, whether it ever yielded).
+fn estop_under_breathing(yield_force_n: f64) -> (f64, f64, bool) {
+    let config = ControllerConfig {
+        safety: SafetyConfig {
+            estop_yield_force_n: yield_force_n,
+            ..patient_box()
+        },
+        ..controller_config()
+    };
+    let mut rig = Rig::scene(
+        &Scene {
+            stiffness_n_per_mm: 5.0,
+            ..Scene::default()
+        },
+        config,
+    );
+    let pose = settle_in_contact(&mut rig, 8.0, 1.0);
+    rig.estop = true;
+    let (mut f_max, mut toward, mut yielded) = (0.0f64, 0.0f64, false);
+    let end = rig.time() + 10.0;
+    while rig.time() < end {
+        rig.step(contact_target(&rig, pose, 8.0));
+        assert_eq!(rig.out.mode, ControlMode::EStop);
+        f_max = f_max.max(rig.true_force_norm());
+        let v = rig.out.tip_velocity_cmd_m_s;
+        let f = rig.out.contact_force_base_n;
+        if f.norm() > 1.0 {
+            // The contact force on the probe points away from the patient.
+            toward = toward.max(-v.dot(&f.normalize()));
+        }
+        yielded |= v.norm() > 0.0;
+    }
+    (f_max, toward, yielded)
+}
+
+#[test]
+fn estop_in_contact_yields_to_breathing_instead_of_crushing() {
+    let (f_max, toward, yielded) = estop_under_breathing(10.0);
+    let (f_frozen, _, yielded_frozen) = estop_under_breathing(20.0);
+    println!(
+        "e-stop under breathing: |F| max {f_max:.2} N with the 10 N yield, {f_frozen:.2} N \
+         yielding only at the 20 N limit; toward the patient {:.3} mm/s",
+        toward * 1e3
+    );
+    assert!(yielded && yielded_frozen);
+    // 10 N yield + 2 mm/s per N against breathing at up to ~4.7 mm/s: ~2.4 N above the yield.
+    assert!(f_max < 14.0, "|F| reached {f_max} N during the e-stop");
+    assert!(
+        f_frozen > 20.0,
+        "the scenario must load a frozen probe past the limit"
+    );
+    assert!(toward <= 1e-9, "commanded {toward} m/s toward the patient");
+}
+
 #[test]
 fn estop_latches_until_released_and_reset() {
     let mut rig = free_rig();
