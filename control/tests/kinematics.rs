@@ -429,3 +429,27 @@ fn bad_inputs_are_clear_errors() {
     assert!(e.is_not_finite() && !e.is_unreachable(), "{e}");
     assert_eq!(q, [0.0; 6], "nothing written on bad input");
 }
+
+#[test]
+fn joint_origins_trace_the_arm_from_the_base_to_the_tip() {
+    let left = Chain::from_urdf_str(TREE, None, "tip_l").unwrap();
+    let mut pts = Vec::new();
+    let q = [FRAC_PI_2, 0.1, 0.3];
+    left.joint_origins(&q, &mut pts).unwrap();
+    assert_eq!(pts.len(), 4);
+    // The last point is the tip, exactly as FK gives it.
+    assert_vec(pts[3], left.fk(&q).unwrap().translation.into(), 1e-12);
+    // The prismatic joint moves everything after it by 0.1 m along its axis and nothing before.
+    let mut moved = Vec::new();
+    left.joint_origins(&[FRAC_PI_2, 0.2, 0.3], &mut moved)
+        .unwrap();
+    assert_vec(moved[0], pts[0].into(), 1e-12);
+    assert_vec(moved[1], pts[1].into(), 1e-12);
+    assert!(((moved[2] - pts[2]).norm() - 0.1).abs() < 1e-12);
+    // Bad joint vectors are refused, like FK.
+    assert!(left.joint_origins(&[0.0], &mut pts).is_err());
+    assert!(left.joint_origins(&[f64::NAN, 0.0, 0.0], &mut pts).is_err());
+    let ur = Chain::from_urdf_str(UR5E, None, "probe_tip").unwrap();
+    ur.joint_origins(&vec![0.0; ur.dof()], &mut pts).unwrap();
+    assert_eq!(pts.len(), ur.dof() + 1);
+}

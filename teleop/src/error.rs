@@ -93,6 +93,10 @@ pub(crate) enum ErrorKind {
     Tls(String),
     #[error("network: {0}")]
     Net(String),
+
+    // --- console view ---
+    #[error("view: {0}")]
+    View(String),
 }
 
 impl Error {
@@ -109,6 +113,11 @@ impl Error {
 
     pub(crate) fn net(what: impl std::fmt::Display) -> Self {
         Self(ErrorKind::Net(what.to_string()))
+    }
+
+    #[allow(dead_code)] // used by the `view` feature
+    pub(crate) fn view(what: impl std::fmt::Display) -> Self {
+        Self(ErrorKind::View(what.to_string()))
     }
 
     /// True when the error came from decoding a malformed message.

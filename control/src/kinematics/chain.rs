@@ -388,6 +388,23 @@ impl Chain {
         t
     }
 
+    /// The origin of every joint and of the tip (`dof() + 1` points, base frame) for joint values
+    /// `q` (checked): the arm as a polyline, for views. Clears `out` first.
+    pub fn joint_origins(&self, q: &[f64], out: &mut Vec<Vector3<f64>>) -> Result<(), Error> {
+        self.check_q(q)?;
+        out.clear();
+        let mut t = self.root;
+        for (seg, &qi) in self.segments.iter().zip(q) {
+            out.push(t.translation);
+            apply_motion(&mut t, seg, qi);
+            if !seg.post_is_identity {
+                t = t * seg.post;
+            }
+        }
+        out.push(t.translation);
+        Ok(())
+    }
+
     /// Forward kinematics and the geometric Jacobian in one pass.
     ///
     /// `jac` must have `dof()` columns. Rows 0–2 are the linear velocity of the tip origin, rows

@@ -1,0 +1,461 @@
+//! `telecho console`: the remote sonographer's console. Connects to the patient side over QUIC
+//! with its certificate, shows the arm, the measured and the predicted probe, the skin under
+//! the probe, the ultrasound plane and image, the registered CBCT bone surface and landmarks, a
+//! force gauge and the link latency (kiss3d), and steers from the keyboard. `--screenshot FILE`
+//! renders the same view off screen after a few seconds of live data and exits.
+//!
+//! Keys (window): arrows move the probe target laterally and cranially (10 mm/s while held),
+//! `W`/`S` move it along the probe axis, `+`/`-` change the force setpoint by 0.5 N, `L` takes
+//! the lease, `K` releases it, `Space` e-stop, `R` reset. The keyboard is a [`HapticDevice`]
+//! without force output; the force is shown on the gauge.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use nalgebra::{UnitQuaternion, Vector3};
+use serde::Serialize;
+use telecho_control::Chain;
+use telecho_teleop::console::ConsoleEvent;
+use telecho_teleop::haptics::{ArmModel, DeviceSample, HapticDevice, SimulatedOperator};
+use telecho_teleop::net::client::{ClientConfig, TeleopClient};
+use telecho_teleop::view::{LandmarkMark, SceneModel};
+use telecho_teleop::wire::{CommandMode, LeaseOutcome, Pose, Role, Target};
+
+use crate::cli_error::CliError;
+use crate::sim::Arm;
+use crate::CliResult;
+
+/// Probe target speed while an arrow key is held, m/s.
+const KEY_SPEED_M_S: f64 = 0.01;
+
+/// Most bone-surface points drawn (the CT surface is subsampled evenly to this many).
+const MAX_BONE_POINTS: usize = 20_000;
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsoleArgs {
+    /// Address of the patient side (`telecho teleop serve --listen ADDR`).
+    #[arg(long)]
+    connect: SocketAddr,
+    /// Site PKI directory (`telecho certs init`): `ca.pem` and this console's certificate.
+    #[arg(long)]
+    pki: PathBuf,
+    /// Which certificate of the PKI to present (`operator`, `observer`, or a name issued with
+    /// `telecho certs issue`); the role comes from the certificate.
+    #[arg(long, default_value = "operator")]
+    name: String,
+    /// The arm at the patient side (drawn from its bundled URDF).
+    #[arg(long, value_enum, default_value_t = Arm::Ur5e)]
+    arm: Arm,
+    /// The patient's CBCT (NIfTI or DICOM directory): its posterior bone surface is drawn,
+    /// placed with `--registration`.
+    #[arg(long, requires = "registration")]
+    ct: Option<PathBuf>,
+    /// The output of `telecho perception register --json` (`t_base_ct`, landmarks).
+    #[arg(long)]
+    registration: Option<PathBuf>,
+    /// Render off screen to this PNG after `--wait-s` seconds of live data, then exit.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// With `--screenshot`: seconds of live data before the picture.
+    #[arg(long, default_value_t = 3.0)]
+    wait_s: f64,
+    /// With `--screenshot`: take the lease and steer with the simulated operator (a 10 mm circle
+    /// around the probe's position, 8 N), so that the ghost probe and the haptic loop are live.
+    #[arg(long)]
+    steer: bool,
+    /// View width, pixels.
+    #[arg(long, default_value_t = 1280)]
+    width: u32,
+    /// View height, pixels.
+    #[arg(long, default_value_t = 720)]
+    height: u32,
+    /// The patient side's contact-force limit, N (the gauge's full scale).
+    #[arg(long, default_value_t = 20.0)]
+    force_limit_n: f64,
+    /// Print one JSON object (what was received and rendered) instead of a line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ConsoleReport {
+    role: Option<Role>,
+    identity: String,
+    lease_holder: String,
+    states: u64,
+    haptics: u64,
+    frames: u64,
+    bad_frames: u64,
+    bone_points: usize,
+    landmarks: usize,
+    commands_sent: u64,
+    command_rtt_ms: Option<f64>,
+    frame_age_ms: Option<f64>,
+    screenshot: Option<PathBuf>,
+    width: u32,
+    height: u32,
+    /// Share of pixels that differ from the background: 0 for a blank picture.
+    non_background_fraction: Option<f64>,
+}
+
+fn check(args: &ConsoleArgs) -> Result<(), CliError> {
+    if !(args.wait_s.is_finite() && (0.0..=600.0).contains(&args.wait_s)) {
+        return Err(CliError::input(anyhow!("--wait-s must be 0–600 s")));
+    }
+    if !(64..=8192).contains(&args.width) || !(64..=8192).contains(&args.height) {
+        return Err(CliError::input(anyhow!(
+            "--width and --height must be 64–8192 pixels"
+        )));
+    }
+    if !(args.force_limit_n.is_finite() && args.force_limit_n > 0.0) {
+        return Err(CliError::input(anyhow!("--force-limit-n must be positive")));
+    }
+    if args.steer && args.screenshot.is_none() {
+        return Err(CliError::input(anyhow!(
+            "--steer is for --screenshot runs; in the window, steer with the keys"
+        )));
+    }
+    Ok(())
+}
+
+/// The patient's plan: the registered CBCT bone surface and landmarks, base frame.
+fn load_plan(args: &ConsoleArgs, model: &mut SceneModel) -> Result<(), CliError> {
+    let Some(reg) = &args.registration else {
+        return Ok(());
+    };
+    let t_base_ct = crate::perception::register::read_ground_truth(reg).map_err(CliError::input)?;
+    let text = std::fs::read(reg)
+        .with_context(|| format!("cannot read {}", reg.display()))
+        .map_err(CliError::input)?;
+    let v: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not JSON", reg.display()))
+        .map_err(CliError::input)?;
+    if let Some(list) = v.get("landmarks").and_then(|l| l.as_array()) {
+        for l in list {
+            let name = l.get("name").and_then(|n| n.as_str());
+            let xyz: Option<[f64; 3]> = l
+                .get("xyz")
+                .and_then(|x| serde_json::from_value(x.clone()).ok());
+            let (Some(name), Some(xyz)) = (name, xyz) else {
+                return Err(CliError::input(anyhow!(
+                    "{}: a landmark without name or xyz",
+                    reg.display()
+                )));
+            };
+            if xyz.iter().any(|v| !v.is_finite()) {
+                return Err(CliError::input(anyhow!(
+                    "{}: landmark {name} is not finite",
+                    reg.display()
+                )));
+            }
+            model.landmarks.push(LandmarkMark {
+                name: name.to_owned(),
+                xyz: Vector3::from(xyz),
+                confidence: l.get("confidence").and_then(|c| c.as_f64()).unwrap_or(1.0),
+            });
+        }
+    }
+    if let Some(ct) = &args.ct {
+        let vol = telecho_perception::ct_load::load_ct(ct)
+            .map_err(|e| CliError::input(anyhow!("{}: {e}", ct.display())))?;
+        let surface = telecho_perception::ct_surface::extract_posterior_bone_surface(
+            &vol,
+            &Default::default(),
+        )
+        .map_err(|e| CliError::input(anyhow!("{}: {e}", ct.display())))?;
+        let step = surface.points.len().div_ceil(MAX_BONE_POINTS).max(1);
+        model.bone_points = surface
+            .points
+            .iter()
+            .step_by(step)
+            .map(|p| t_base_ct.transform_point(p))
+            .collect();
+    }
+    Ok(())
+}
+
+/// The keyboard as a hand controller: keys set a velocity, the handle integrates it. It has no
+/// motors, so the rendered force is shown, not felt.
+#[derive(Debug)]
+struct KeyboardDevice {
+    position_m: Vector3<f64>,
+    velocity_m_s: Vector3<f64>,
+}
+
+impl HapticDevice for KeyboardDevice {
+    fn sample(&mut self) -> DeviceSample {
+        DeviceSample {
+            position_m: self.position_m,
+            velocity_m_s: self.velocity_m_s,
+        }
+    }
+
+    fn set_force(&mut self, _force_n: Vector3<f64>) {}
+}
+
+/// Drains the client's events into the model.
+async fn pump(client: &mut TeleopClient, model: &mut SceneModel, chain: &Chain) {
+    while let Some(ev) = client.next_event(Duration::ZERO).await {
+        if let ConsoleEvent::TakeOverRequested { requester, .. } = &ev {
+            tracing::warn!(%requester, "another operator asks for the lease");
+        }
+        model.apply(&ev, Some(chain));
+    }
+    model.latency = client.latency();
+}
+
+fn pose_target(position: Vector3<f64>, orientation: UnitQuaternion<f64>) -> Target {
+    Target::Pose(Pose {
+        position_m: position,
+        orientation,
+    })
+}
+
+pub(crate) fn run(args: &ConsoleArgs) -> CliResult {
+    check(args)?;
+    let (_, urdf) = args.arm.bundled();
+    let chain = Chain::from_urdf_str(urdf, None, "probe_tip")
+        .map_err(|e| CliError::failed(anyhow!("bundled URDF: {e}")))?;
+    let mut model = SceneModel::new(args.force_limit_n);
+    load_plan(args, &mut model)?;
+    let rt = crate::teleop::serve::runtime()?;
+    let cfg = ClientConfig::from_pki(&args.pki, &args.name, args.connect)
+        .map_err(|e| CliError::input(anyhow!("PKI {}: {e}", args.pki.display())))?;
+    let mut client = rt
+        .block_on(TeleopClient::connect(cfg))
+        .map_err(|e| CliError::failed(anyhow!("cannot connect to {}: {e}", args.connect)))?;
+    let w = client.welcome().clone();
+    model.apply(
+        &ConsoleEvent::Welcome {
+            role: w.role,
+            conn_id: w.conn_id,
+            identity: w.identity.clone(),
+            holder: w.holder.clone(),
+        },
+        None,
+    );
+    let result = match &args.screenshot {
+        Some(path) => screenshot_run(args, path, &rt, &mut client, &mut model, &chain),
+        None => window_run(args, &rt, &mut client, &mut model, &chain),
+    };
+    rt.block_on(client.close());
+    result
+}
+
+fn screenshot_run(
+    args: &ConsoleArgs,
+    path: &Path,
+    rt: &tokio::runtime::Runtime,
+    client: &mut TeleopClient,
+    model: &mut SceneModel,
+    chain: &Chain,
+) -> CliResult {
+    let commands_sent = rt
+        .block_on(async {
+            let start = Instant::now();
+            let wait = Duration::from_secs_f64(args.wait_s);
+            let mut sent = 0u64;
+            let mut op: Option<(SimulatedOperator, UnitQuaternion<f64>, f64)> = None;
+            if args.steer {
+                match client.lease(|c| c.acquire(), Duration::from_secs(3)).await {
+                    Some(LeaseOutcome::Granted) => model.holder.clone_from(&model.identity),
+                    other => return Err(anyhow!("the lease was not granted: {other:?}")),
+                }
+                client.request(|c| c.reset());
+            }
+            let mut iv = tokio::time::interval(Duration::from_millis(10));
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while start.elapsed() < wait {
+                iv.tick().await;
+                pump(client, model, chain).await;
+                if !args.steer {
+                    continue;
+                }
+                if op.is_none() {
+                    if let Some(p) = model.probe {
+                        let centre = p.translation;
+                        let r = p.rotation;
+                        let (x, y) = (r.column(0).into_owned(), r.column(1).into_owned());
+                        let path = move |t: f64| {
+                            let a = std::f64::consts::TAU * t / 4.0;
+                            centre + (x * a.cos() + y * a.sin() - x) * 0.01
+                        };
+                        let sim = SimulatedOperator::new(ArmModel::default(), path)?;
+                        let q = UnitQuaternion::from_matrix(&r);
+                        op = Some((sim, q, start.elapsed().as_secs_f64()));
+                    }
+                }
+                if let Some((sim, q, t_prev)) = &mut op {
+                    let t = start.elapsed().as_secs_f64();
+                    let dt = (t - *t_prev).clamp(0.0, 0.05);
+                    *t_prev = t;
+                    sim.step(dt);
+                    let s = sim.sample();
+                    let f =
+                        client.request(|c| c.renderer().render(&s.position_m, &s.velocity_m_s, dt));
+                    sim.set_force(f.force_n);
+                    let target = pose_target(s.position_m, *q);
+                    client.send_command(CommandMode::Contact, 8.0, target.clone());
+                    model.commanded(&target, 8.0);
+                    sent += 1;
+                }
+            }
+            pump(client, model, chain).await;
+            Ok(sent)
+        })
+        .map_err(CliError::failed)?;
+    let pixels = telecho_teleop::view::render::screenshot(model, args.width, args.height)
+        .map_err(|e| CliError::failed(anyhow!("{e}")))?;
+    write_rgb_png(path, pixels.width, pixels.height, &pixels.data).map_err(CliError::failed)?;
+    let bg = &pixels.data[..3];
+    let differing = pixels
+        .data
+        .chunks_exact(3)
+        .filter(|p| p.iter().zip(bg).any(|(a, b)| a.abs_diff(*b) > 8))
+        .count();
+    let report = ConsoleReport {
+        role: model.role,
+        identity: model.identity.clone(),
+        lease_holder: model.holder.clone(),
+        states: model.states,
+        haptics: model.haptics,
+        frames: model.frames,
+        bad_frames: model.bad_frames,
+        bone_points: model.bone_points.len(),
+        landmarks: model.landmarks.len(),
+        commands_sent,
+        command_rtt_ms: model.latency.command_rtt_s.map(|s| s * 1e3),
+        frame_age_ms: model.latency.frame_age_s.map(|s| s * 1e3),
+        screenshot: Some(path.to_path_buf()),
+        width: pixels.width,
+        height: pixels.height,
+        non_background_fraction: Some(
+            differing as f64 / (pixels.width as f64 * pixels.height as f64),
+        ),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report)
+                .context("report")
+                .map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "telecho console: {} ({:?}), {} states, {} haptic, {} frames → {} ({}×{})",
+            report.identity,
+            report.role,
+            report.states,
+            report.haptics,
+            report.frames,
+            path.display(),
+            report.width,
+            report.height
+        );
+    }
+    if model.states == 0 {
+        return Err(CliError::failed(anyhow!(
+            "no robot state received from {} within {} s",
+            args.connect,
+            args.wait_s
+        )));
+    }
+    Ok(())
+}
+
+fn window_run(
+    args: &ConsoleArgs,
+    rt: &tokio::runtime::Runtime,
+    client: &mut TeleopClient,
+    model: &mut SceneModel,
+    chain: &Chain,
+) -> CliResult {
+    use telecho_teleop::view::render::{ConsoleKey, ConsoleWindow};
+    rt.block_on(async {
+        let mut window = ConsoleWindow::open("telecho console", args.width, args.height).await;
+        let mut device: Option<(KeyboardDevice, UnitQuaternion<f64>)> = None;
+        let mut force_n = 8.0f64;
+        let mut last = Instant::now();
+        loop {
+            pump(client, model, chain).await;
+            let now = Instant::now();
+            let dt = (now - last).as_secs_f64().clamp(1e-4, 0.1);
+            last = now;
+            for key in window.pressed() {
+                match key {
+                    ConsoleKey::Acquire => {
+                        client.request(|c| c.acquire());
+                    }
+                    ConsoleKey::Release => {
+                        client.request(|c| c.release());
+                    }
+                    ConsoleKey::EStop => {
+                        client.request(|c| c.estop());
+                    }
+                    ConsoleKey::Reset => {
+                        client.request(|c| c.reset());
+                    }
+                    ConsoleKey::ForceUp => force_n = (force_n + 0.5).min(18.0),
+                    ConsoleKey::ForceDown => force_n = (force_n - 0.5).max(1.0),
+                    _ => {}
+                }
+            }
+            // The keyboard handle starts where the probe is once we hold the lease.
+            if !client.has_lease() {
+                device = None;
+            } else if device.is_none() {
+                if let Some(p) = model.probe {
+                    let dev = KeyboardDevice {
+                        position_m: p.translation,
+                        velocity_m_s: Vector3::zeros(),
+                    };
+                    device = Some((dev, UnitQuaternion::from_matrix(&p.rotation)));
+                }
+            }
+            if let Some((dev, q)) = &mut device {
+                let axis = |plus: ConsoleKey, minus: ConsoleKey| {
+                    f64::from(u8::from(window.held(plus))) - f64::from(u8::from(window.held(minus)))
+                };
+                let local = Vector3::new(
+                    axis(ConsoleKey::Right, ConsoleKey::Left),
+                    axis(ConsoleKey::Up, ConsoleKey::Down),
+                    axis(ConsoleKey::In, ConsoleKey::Out),
+                );
+                dev.velocity_m_s = q.to_rotation_matrix() * local * KEY_SPEED_M_S;
+                dev.position_m += dev.velocity_m_s * dt;
+                let s = dev.sample();
+                let f = client.request(|c| c.renderer().render(&s.position_m, &s.velocity_m_s, dt));
+                dev.set_force(f.force_n);
+                let target = pose_target(s.position_m, *q);
+                client.send_command(CommandMode::Contact, force_n, target.clone());
+                model.commanded(&target, force_n);
+            }
+            if !window.show(model).await {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// 8-bit RGB PNG without ancillary chunks.
+fn write_rgb_png(path: &Path, width: u32, height: u32, data: &[u8]) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc
+        .write_header()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer
+        .write_image_data(data)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer
+        .finish()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

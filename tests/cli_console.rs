@@ -1,0 +1,299 @@
+//! `telecho console`: the real binary against `telecho teleop serve --sim` over QUIC on loopback,
+//! rendered off screen (`--screenshot`). Rendering needs a graphics driver: Mesa's lavapipe
+//! (`mesa-vulkan-drivers`, a CPU Vulkan) is enough and CI installs it; without one these tests
+//! skip, unless `TELECHO_REQUIRE_PEERS=1`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn telecho(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args(args)
+        .output()
+        .expect("run telecho")
+}
+
+fn require_peers() -> bool {
+    std::env::var("TELECHO_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// A Vulkan driver is installed (Mesa's ICD files).
+fn have_vulkan_driver() -> bool {
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
+}
+
+fn skip_without_driver(test: &str) -> bool {
+    if have_vulkan_driver() {
+        return false;
+    }
+    assert!(
+        !require_peers(),
+        "{test}: no Vulkan driver (install mesa-vulkan-drivers)"
+    );
+    eprintln!("{test}: skipped, no Vulkan driver (install mesa-vulkan-drivers)");
+    true
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pki(name: &str) -> PathBuf {
+    let dir = telecho_testkit::scratch_dir(name);
+    let out = telecho(&["certs", "init", "--out", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+fn serve(pki: &Path) -> Server {
+    let audit = pki.join("audit.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args([
+            "teleop",
+            "serve",
+            "--sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--pki",
+            pki.to_str().unwrap(),
+            "--audit",
+            audit.to_str().unwrap(),
+            "--sim-seed",
+            "1",
+            "--duration-s",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if let Some(addr) = line.strip_prefix("telecho teleop serve: listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve prints its address")
+        .parse()
+        .unwrap();
+    Server { child, addr }
+}
+
+/// Share of pixels of an RGB PNG that differ from its top-left pixel, and its size.
+fn png_coverage(path: &Path) -> (f64, u32, u32) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let px = &buf[..info.buffer_size()];
+    let bg = &px[..3];
+    let n = px
+        .chunks_exact(3)
+        .filter(|p| p.iter().zip(bg).any(|(a, b)| a.abs_diff(*b) > 8))
+        .count();
+    (
+        n as f64 / f64::from(info.width * info.height),
+        info.width,
+        info.height,
+    )
+}
+
+#[test]
+fn screenshot_of_a_live_steered_session_shows_the_scene() {
+    if skip_without_driver("screenshot_of_a_live_steered_session_shows_the_scene") {
+        return;
+    }
+    let dir = pki("console-live");
+    let server = serve(&dir);
+    let shot = dir.join("console.png");
+    let out = telecho(&[
+        "console",
+        "--connect",
+        &server.addr.to_string(),
+        "--pki",
+        dir.to_str().unwrap(),
+        "--screenshot",
+        shot.to_str().unwrap(),
+        "--wait-s",
+        "4",
+        "--steer",
+        "--width",
+        "960",
+        "--height",
+        "540",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "console failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{r}");
+    assert_eq!(r["role"], "operator");
+    assert_eq!(r["lease_holder"], "operator");
+    // Robot state ≥ 60 Hz and ultrasound frames over ~4 s of a loaded 2-core machine.
+    assert!(r["states"].as_u64().unwrap() > 100, "{r}");
+    assert!(r["frames"].as_u64().unwrap() > 10, "{r}");
+    assert_eq!(r["bad_frames"], 0);
+    assert!(r["haptics"].as_u64().unwrap() > 100, "{r}");
+    assert!(r["commands_sent"].as_u64().unwrap() > 50, "{r}");
+    assert!(r["command_rtt_ms"].as_f64().unwrap() < 200.0, "{r}");
+    let (coverage, w, h) = png_coverage(&shot);
+    assert_eq!((w, h), (960, 540));
+    assert!(
+        (r["non_background_fraction"].as_f64().unwrap() - coverage).abs() < 1e-9,
+        "the report describes the file"
+    );
+    // Arm, probes, text, gauge and the ultrasound panel: far from blank.
+    assert!(
+        coverage > 0.05,
+        "only {coverage:.3} of the picture is drawn"
+    );
+}
+
+#[test]
+fn an_observer_watches_but_cannot_steer() {
+    if skip_without_driver("an_observer_watches_but_cannot_steer") {
+        return;
+    }
+    let dir = pki("console-observer");
+    let server = serve(&dir);
+    let shot = dir.join("observer.png");
+    let args = |steer: bool| {
+        let mut a = vec![
+            "console".to_owned(),
+            "--connect".to_owned(),
+            server.addr.to_string(),
+            "--pki".to_owned(),
+            dir.to_str().unwrap().to_owned(),
+            "--name".to_owned(),
+            "observer".to_owned(),
+            "--screenshot".to_owned(),
+            shot.to_str().unwrap().to_owned(),
+            "--wait-s".to_owned(),
+            "1.5".to_owned(),
+            "--width".to_owned(),
+            "320".to_owned(),
+            "--height".to_owned(),
+            "240".to_owned(),
+            "--json".to_owned(),
+        ];
+        if steer {
+            a.push("--steer".to_owned());
+        }
+        a
+    };
+    let run = |steer: bool| {
+        let a = args(steer);
+        telecho(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let watch = run(false);
+    assert!(
+        watch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watch.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&watch.stdout).unwrap();
+    assert_eq!(r["role"], "observer");
+    assert!(r["states"].as_u64().unwrap() > 20, "{r}");
+    assert_eq!(r["commands_sent"], 0);
+    let steer = run(true);
+    assert_eq!(steer.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&steer.stderr);
+    assert!(err.contains("lease was not granted"), "{err}");
+}
+
+#[test]
+fn bad_console_input_is_one_clear_line() {
+    let dir = pki("console-bad");
+    let d = dir.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "console",
+                "--connect",
+                "127.0.0.1:9",
+                "--pki",
+                d,
+                "--name",
+                "nobody",
+            ],
+            "nobody",
+        ),
+        (
+            &[
+                "console",
+                "--connect",
+                "127.0.0.1:9",
+                "--pki",
+                d,
+                "--width",
+                "10",
+            ],
+            "--width",
+        ),
+        (
+            &["console", "--connect", "127.0.0.1:9", "--pki", d, "--steer"],
+            "--steer",
+        ),
+        (
+            &[
+                "console",
+                "--connect",
+                "127.0.0.1:9",
+                "--pki",
+                d,
+                "--registration",
+                "/nonexistent/registration.json",
+            ],
+            "registration.json",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = telecho(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    // Nobody listening: a network failure (exit 1), not a hang.
+    let out = telecho(&[
+        "console",
+        "--connect",
+        "127.0.0.1:9",
+        "--pki",
+        d,
+        "--screenshot",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
