@@ -298,7 +298,7 @@ fn screenshot_run(
                         client.request(|c| c.renderer().render(&s.position_m, &s.velocity_m_s, dt));
                     sim.set_force(f.force_n);
                     let target = pose_target(s.position_m, *q);
-                    client.send_command(CommandMode::Contact, 8.0, target.clone());
+                    client.send_command(CommandMode::Contact, 8.0, target);
                     model.commanded(&target, 8.0);
                     sent += 1;
                 }
@@ -430,7 +430,7 @@ fn window_run(
                 let f = client.request(|c| c.renderer().render(&s.position_m, &s.velocity_m_s, dt));
                 dev.set_force(f.force_n);
                 let target = pose_target(s.position_m, *q);
-                client.send_command(CommandMode::Contact, force_n, target.clone());
+                client.send_command(CommandMode::Contact, force_n, target);
                 model.commanded(&target, force_n);
             }
             if !window.show(model).await {
