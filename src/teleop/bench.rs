@@ -284,6 +284,7 @@ async fn bench_quic(dir: &Path, setup: Setup) -> anyhow::Result<AgeStats> {
                     up: imp,
                     down: imp,
                     seed: setup.seed,
+                    session_idle: telecho_teleop::net::impair::SESSION_IDLE,
                 },
             )
             .await?,

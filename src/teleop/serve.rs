@@ -369,6 +369,7 @@ pub(crate) async fn impaired_link(
             up: one_way,
             down: one_way,
             seed,
+            session_idle: telecho_teleop::net::impair::SESSION_IDLE,
         },
     )
     .await?)

@@ -41,6 +41,7 @@ async fn commands_flow_through_75_ms_each_way_and_1_percent_loss() {
             up: imp,
             down: imp,
             seed: 6,
+            session_idle: telecho_teleop::net::impair::SESSION_IDLE,
         },
     )
     .await
@@ -148,4 +149,70 @@ async fn commands_flow_through_75_ms_each_way_and_1_percent_loss() {
     assert!(states > 150, "{states} states");
     c.close().await;
     server.shutdown().await.unwrap();
+}
+
+/// A client that goes away (a reconnect from a new port, an observer that came and left) must
+/// not keep its upstream socket and task for ever: found by `telecho soak`, whose memory grew
+/// with every reconnect through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_sessions_are_closed_and_reopened_on_demand() {
+    use tokio::net::UdpSocket;
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let clean = Impairment {
+        delay_s: 0.0,
+        jitter_s: 0.0,
+        loss: 0.0,
+        duplicate: 0.0,
+    };
+    let proxy = ImpairProxy::start(
+        localhost(),
+        echo_addr,
+        ImpairConfig {
+            up: clean,
+            down: clean,
+            seed: 1,
+            session_idle: Duration::from_millis(200),
+        },
+    )
+    .await
+    .unwrap();
+    let paddr = proxy.local_addr();
+    let round_trip = move |sock: std::sync::Arc<UdpSocket>, byte: u8| async move {
+        sock.send_to(&[byte], paddr).await.unwrap();
+        let mut buf = [0u8; 8];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+            .await
+            .expect("echo through the proxy")
+            .unwrap();
+        assert_eq!(&buf[..n], &[byte]);
+    };
+    let a = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let b = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    round_trip(a.clone(), 1).await;
+    assert_eq!(proxy.stats().sessions_open, 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // B's first datagram sweeps: A has been idle for 400 ms > 200 ms.
+    round_trip(b.clone(), 2).await;
+    let s = proxy.stats();
+    assert_eq!((s.sessions_open, s.sessions_closed), (1, 1), "{s:?}");
+    // A comes back: a new session, and its datagrams flow again.
+    round_trip(a.clone(), 3).await;
+    assert_eq!(proxy.stats().sessions_open, 2);
+    // A busy client keeps its session: B talks every 50 ms for 600 ms.
+    for i in 0..12 {
+        round_trip(b.clone(), 10 + i).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = proxy.stats();
+    assert_eq!(
+        s.sessions_closed, 2,
+        "only A (idle again) was closed: {s:?}"
+    );
 }

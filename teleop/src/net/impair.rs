@@ -7,6 +7,8 @@
 //! `duplicate`. The random draws come from a ChaCha8 generator per direction seeded from
 //! `seed`, so a run draws the same sequence of impairments for the same sequence of packets.
 //! [`ImpairProxy::set_outage`] takes the link down and up again (everything dropped meanwhile).
+//! A client address with no traffic either way for [`SESSION_IDLE`] loses its upstream socket
+//! (as a NAT forgets a mapping), so clients that come and go do not pile up sockets and tasks.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -23,6 +25,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::Error;
+
+/// A proxy session (client address → upstream socket) without a datagram in either direction
+/// for this long is closed. Longer than the QUIC idle timeout, so a live connection keeps its
+/// mapping.
+pub const SESSION_IDLE: Duration = Duration::from_secs(30);
 
 /// Impairment of one direction.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,6 +80,9 @@ pub struct ImpairConfig {
     pub down: Impairment,
     /// Seed of the random draws.
     pub seed: u64,
+    /// A client address idle this long (both directions) loses its upstream socket
+    /// (normally [`SESSION_IDLE`]).
+    pub session_idle: Duration,
 }
 
 /// Counters of the proxy.
@@ -86,6 +96,10 @@ pub struct ImpairStats {
     pub down_in: u64,
     /// Packets dropped server → client.
     pub down_dropped: u64,
+    /// Client sessions (upstream sockets) open now.
+    pub sessions_open: u64,
+    /// Client sessions closed after being idle.
+    pub sessions_closed: u64,
     /// Extra copies sent.
     pub duplicated: u64,
 }
@@ -97,6 +111,8 @@ struct Counters {
     down_in: AtomicU64,
     down_dropped: AtomicU64,
     duplicated: AtomicU64,
+    sessions_open: AtomicU64,
+    sessions_closed: AtomicU64,
     /// Link down: every packet in both directions is dropped (and counted as dropped).
     outage: AtomicBool,
 }
@@ -190,6 +206,8 @@ impl ImpairProxy {
             down_in: c.down_in.load(Ordering::Relaxed),
             down_dropped: c.down_dropped.load(Ordering::Relaxed),
             duplicated: c.duplicated.load(Ordering::Relaxed),
+            sessions_open: c.sessions_open.load(Ordering::Relaxed),
+            sessions_closed: c.sessions_closed.load(Ordering::Relaxed),
         }
     }
 }
@@ -292,18 +310,44 @@ async fn front_loop(
         imp: config.up,
         rng: ChaCha8Rng::seed_from_u64(config.seed),
     };
-    let mut sessions: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     // Aborted with this task (a JoinSet aborts its tasks when dropped).
     let mut back_tasks = tokio::task::JoinSet::new();
     let mut n_clients = 0u64;
     let mut buf = vec![0u8; 65_536];
+    let epoch = Instant::now();
+    let idle = config.session_idle.max(Duration::from_millis(10));
+    let mut next_sweep = epoch + idle;
     loop {
         let Ok((n, from)) = front.recv_from(&mut buf).await else {
             break;
         };
         counters.up_in.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + idle / 4;
+            let idle_ms = idle.as_millis() as u64;
+            let now_ms = (now - epoch).as_millis() as u64;
+            sessions.retain(|_, s| {
+                let last = s.last_ms.load(Ordering::Relaxed);
+                let keep = now_ms.saturating_sub(last) < idle_ms;
+                if !keep {
+                    s.task.abort();
+                    counters.sessions_closed.fetch_add(1, Ordering::Relaxed);
+                }
+                keep
+            });
+            while back_tasks.try_join_next().is_some() {}
+            counters
+                .sessions_open
+                .store(sessions.len() as u64, Ordering::Relaxed);
+        }
+        let now_ms = (now - epoch).as_millis() as u64;
         let back = match sessions.get(&from) {
-            Some(b) => b.clone(),
+            Some(s) => {
+                s.last_ms.store(now_ms, Ordering::Relaxed);
+                s.sock.clone()
+            }
             None => {
                 let bind: SocketAddr = if upstream.is_ipv4() {
                     ([127, 0, 0, 1], 0).into()
@@ -324,15 +368,30 @@ async fn front_loop(
                         config.seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(n_clients),
                     ),
                 };
-                back_tasks.spawn(back_loop(
-                    sock.clone(),
-                    front.clone(),
-                    from,
+                let last_ms = Arc::new(AtomicU64::new(now_ms));
+                let task = back_tasks.spawn(back_loop(
+                    BackLink {
+                        back: sock.clone(),
+                        front: front.clone(),
+                        client: from,
+                        last_ms: last_ms.clone(),
+                        epoch,
+                    },
                     down,
                     tx.clone(),
                     counters.clone(),
                 ));
-                sessions.insert(from, sock.clone());
+                sessions.insert(
+                    from,
+                    Session {
+                        sock: sock.clone(),
+                        last_ms,
+                        task,
+                    },
+                );
+                counters
+                    .sessions_open
+                    .store(sessions.len() as u64, Ordering::Relaxed);
                 sock
             }
         };
@@ -341,22 +400,39 @@ async fn front_loop(
     back_tasks.abort_all();
 }
 
-async fn back_loop(
+/// One client address's upstream socket, when it last carried a datagram (ms since the proxy
+/// started, either direction), and its downstream task.
+struct Session {
+    sock: Arc<UdpSocket>,
+    last_ms: Arc<AtomicU64>,
+    task: tokio::task::AbortHandle,
+}
+
+/// What a downstream task relays between.
+struct BackLink {
     back: Arc<UdpSocket>,
     front: Arc<UdpSocket>,
     client: SocketAddr,
+    last_ms: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+async fn back_loop(
+    link: BackLink,
     mut down: Impairer,
     tx: mpsc::UnboundedSender<(Instant, Delivery)>,
     counters: Arc<Counters>,
 ) {
     let mut buf = vec![0u8; 65_536];
-    while let Ok(n) = back.recv(&mut buf).await {
+    while let Ok(n) = link.back.recv(&mut buf).await {
         counters.down_in.fetch_add(1, Ordering::Relaxed);
+        link.last_ms
+            .store(link.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         enqueue(
             &tx,
             &mut down,
-            &front,
-            Some(client),
+            &link.front,
+            Some(link.client),
             &buf[..n],
             &counters,
             false,
