@@ -3,6 +3,7 @@
 //! The binary stays thin: it parses arguments, loads files and calls the libraries.
 
 mod audit;
+mod bag;
 mod bench;
 mod certs;
 mod cli_error;
@@ -101,6 +102,13 @@ enum Command {
     /// plane and image, registered CBCT bone and landmarks, force gauge and latency (kiss3d);
     /// steers from the keyboard. `--screenshot FILE` renders headless and exits.
     Console(console::ConsoleArgs),
+    /// Record telecho's ROS 2 topics from DDS into an MCAP file (as `ros2 bag record`):
+    /// joint states, wrench, poses, tf, robot description, commands, ultrasound, safety events,
+    /// audit entries. Until Ctrl-C or --duration-s.
+    Record(bag::RecordArgs),
+    /// Publish a recording's messages on DDS again with their recorded spacing (as
+    /// `ros2 bag play`), so the nodes receive them as if live.
+    Replay(bag::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +140,8 @@ fn main() -> ExitCode {
         Command::Audit { command } => audit::run(&command),
         Command::Soak(args) => soak::run(&args),
         Command::Console(args) => console::run(&args),
+        Command::Record(args) => bag::record(&args),
+        Command::Replay(args) => bag::replay(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,7 +154,7 @@ impl Command {
     fn long_running(&self) -> bool {
         matches!(
             self,
-            Command::Node { .. } | Command::Igtl { .. } | Command::Soak(_)
+            Command::Node { .. } | Command::Igtl { .. } | Command::Soak(_) | Command::Record(_)
         ) || matches!(
             self,
             Command::Teleop {

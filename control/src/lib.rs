@@ -9,6 +9,8 @@ pub mod payload;
 pub mod protocol;
 #[cfg(feature = "ros2")]
 pub mod ros2;
+#[cfg(feature = "ros2")]
+pub mod ros2_bag;
 pub mod rt_loop;
 pub mod safety;
 

@@ -105,11 +105,17 @@ enum Ros2ErrorKind {
     Config(String),
     #[error("ROS 2 adapter thread: {0}")]
     Thread(String),
+    #[error("recording: {0}")]
+    Bag(String),
 }
 
 impl Ros2Error {
-    fn dds(what: &str, e: impl std::fmt::Debug) -> Self {
+    pub(crate) fn dds(what: &str, e: impl std::fmt::Debug) -> Self {
         Ros2ErrorKind::Dds(format!("{what}: {e:?}")).into()
+    }
+
+    pub(crate) fn bag(what: impl Into<String>) -> Self {
+        Ros2ErrorKind::Bag(what.into()).into()
     }
 }
 
@@ -787,7 +793,7 @@ pub fn attach<P: Plant>(
 }
 
 /// QoS of streams: best effort, volatile, the last `depth` samples.
-fn stream_qos(depth: usize) -> QosProfile {
+pub(crate) fn stream_qos(depth: usize) -> QosProfile {
     QosProfile::subscription_default()
         .reliability_best_effort()
         .durability(Durability::Volatile)
@@ -795,7 +801,7 @@ fn stream_qos(depth: usize) -> QosProfile {
 }
 
 /// QoS of latched data: reliable, transient-local, the last sample.
-fn latched_qos() -> QosProfile {
+pub(crate) fn latched_qos() -> QosProfile {
     QosProfile::publisher_default()
         .reliability_reliable(WhenFull::DEFAULT)
         .durability(Durability::TransientLocal)
@@ -803,7 +809,7 @@ fn latched_qos() -> QosProfile {
 }
 
 /// QoS of commands: reliable, volatile, the last 10.
-fn command_qos() -> QosProfile {
+pub(crate) fn command_qos() -> QosProfile {
     QosProfile::subscription_default()
         .reliability_reliable(WhenFull::DEFAULT)
         .durability(Durability::Volatile)
@@ -821,7 +827,7 @@ fn topic_name(full: &str) -> Result<Name, Ros2Error> {
     Name::parse(full).map_err(|e| Ros2Error::dds(full, e))
 }
 
-fn publisher<M: RosMessage>(
+pub(crate) fn publisher<M: RosMessage>(
     node: &mut Node,
     topic: &str,
     qos: QosProfile,
@@ -833,7 +839,7 @@ fn publisher<M: RosMessage>(
         .map_err(|e| Ros2Error::dds(topic, e))
 }
 
-fn subscription<M: RosMessage + 'static>(
+pub(crate) fn subscription<M: RosMessage + 'static>(
     node: &mut Node,
     topic: &str,
     qos: QosProfile,

@@ -279,11 +279,19 @@ pub fn read_recording(path: impl AsRef<Path>) -> Result<RecordingReader, Error> 
     let path = path.as_ref().to_path_buf();
     let name = path.display().to_string();
     let file = File::open(&path).map_err(|e| Error::recording(&name, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::recording(&name, e))?
+        .len();
+    // No record can be longer than the file: a corrupt length field is then an error, not an
+    // attempt to allocate exabytes (found by `tests/cli_bag.rs` with a garbage file).
+    let limit = usize::try_from(len).unwrap_or(usize::MAX);
+    let options = LinearReaderOptions {
+        record_length_limit: Some(limit),
+        ..LinearReaderOptions::default()
+    };
     Ok(RecordingReader {
-        inner: mcap::io::MessageReader::new_with_options(
-            BufReader::new(file),
-            LinearReaderOptions::default(),
-        ),
+        inner: mcap::io::MessageReader::new_with_options(BufReader::new(file), options),
         path,
         done: false,
     })

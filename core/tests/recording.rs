@@ -204,6 +204,39 @@ fn topic_keeps_its_type() {
     rec.finish().unwrap();
 }
 
+/// Garbage after the MCAP magic — an unknown record, a chunk record, a message record — with
+/// length fields of up to 2⁶⁴: an error naming the file, never a crash (one such file once made
+/// the reader try to allocate 7.9 EB and abort).
+#[test]
+fn corrupt_record_lengths_are_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let magic = b"\x89MCAP0\r\n";
+    for (i, (opcode, len)) in [
+        (0x74u8, 0x6e20_7369_2073_6968u64),
+        (0x06, u64::MAX),
+        (0x05, 1 << 40),
+        (0x01, 1 << 33),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("bad{i}.mcap"));
+        let mut bytes = magic.to_vec();
+        bytes.push(opcode);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&[0xAB; 64]);
+        std::fs::write(&path, &bytes).unwrap();
+        let results: Vec<_> = read_recording(&path).unwrap().collect();
+        assert_eq!(
+            results.len(),
+            1,
+            "opcode {opcode:#x}: one error, then the end"
+        );
+        let e = results[0].as_ref().unwrap_err().to_string();
+        assert!(e.contains(&format!("bad{i}.mcap")), "{e}");
+    }
+}
+
 /// A recorder killed with -9 leaves the file as it is on disk while the process runs: copying it
 /// at that moment is exactly what a crash leaves behind.
 #[test]

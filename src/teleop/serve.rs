@@ -295,13 +295,13 @@ fn check_args(a: &ServeArgs) -> Result<(), CliError> {
 }
 
 /// Set by SIGINT/SIGTERM: stop serving, flush the audit log, print the summary.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-fn install_interrupt_handler() {
+pub(crate) fn install_interrupt_handler() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
