@@ -3,23 +3,15 @@
 //! (PyPI `mcap` + `mcap-ros2-support`) when it is installed (required with
 //! `TELECHO_REQUIRE_PEERS=1`).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::{require_peers, telecho};
 use telecho_core::recording::{read_recording, Recorder};
 use telecho_core::ros_msgs::{from_cdr, PoseStamped};
-
-fn telecho(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args(args)
-        .output()
-        .expect("run telecho")
-}
-
-fn require_peers() -> bool {
-    std::env::var("TELECHO_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
 
 /// A DDS domain per test and process, away from 0 and from the other DDS tests (100–149).
 fn domain(offset: u32) -> String {

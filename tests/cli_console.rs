@@ -3,22 +3,13 @@
 //! (`mesa-vulkan-drivers`, a CPU Vulkan) is enough and CI installs it; without one these tests
 //! skip, unless `TELECHO_REQUIRE_PEERS=1`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Child;
 
-fn telecho(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args(args)
-        .output()
-        .expect("run telecho")
-}
-
-fn require_peers() -> bool {
-    std::env::var("TELECHO_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
+use common::{require_peers, telecho};
 
 /// A Vulkan driver is installed (Mesa's ICD files).
 fn have_vulkan_driver() -> bool {
@@ -53,55 +44,12 @@ impl Drop for Server {
 
 fn pki(name: &str) -> PathBuf {
     let dir = telecho_testkit::scratch_dir(name);
-    let out = telecho(&["certs", "init", "--out", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::certs(&dir);
     dir
 }
 
 fn serve(pki: &Path) -> Server {
-    let audit = pki.join("audit.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args([
-            "teleop",
-            "serve",
-            "--sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--pki",
-            pki.to_str().unwrap(),
-            "--audit",
-            audit.to_str().unwrap(),
-            "--sim-seed",
-            "1",
-            "--duration-s",
-            "60",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if let Some(addr) = line.strip_prefix("telecho teleop serve: listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("serve prints its address")
-        .parse()
-        .unwrap();
+    let (child, addr) = common::serve_sim(pki, &pki.join("audit.log"), 60.0);
     Server { child, addr }
 }
 

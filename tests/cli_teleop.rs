@@ -2,12 +2,15 @@
 //! `telecho teleop bench`: the real binary, real QUIC on loopback, the console library as the
 //! operator and the observer.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::{certs, telecho};
 use nalgebra::Vector3;
 use telecho_teleop::console::ConsoleEvent;
 use telecho_teleop::net::client::{ClientConfig, TeleopClient};
@@ -16,13 +19,6 @@ use telecho_teleop::wire::{
     RobotState, SafetyCode, Target,
 };
 
-fn telecho(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args(args)
-        .output()
-        .expect("run telecho")
-}
-
 fn tmp(name: &str) -> PathBuf {
     let d = telecho_testkit::scratch(&format!("cli-teleop-{name}"));
     let _ = std::fs::remove_dir_all(&d);
@@ -30,57 +26,8 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn certs(dir: &Path) {
-    let out = telecho(&["certs", "init", "--out", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts `teleop serve` and returns it with the address it listens on.
 fn serve(pki: &Path, audit: &Path, duration_s: f64) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args([
-            "teleop",
-            "serve",
-            "--sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--pki",
-            pki.to_str().unwrap(),
-            "--audit",
-            audit.to_str().unwrap(),
-            "--sim-seed",
-            "1",
-            "--duration-s",
-            &duration_s.to_string(),
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if let Some(addr) = line.strip_prefix("telecho teleop serve: listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            } else {
-                eprintln!("[serve] {line}");
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("serve prints its address");
-    (child, addr.parse().unwrap())
+    common::serve_sim(pki, audit, duration_s)
 }
 
 fn summary(mut child: Child) -> serde_json::Value {

@@ -219,6 +219,23 @@ impl<M: RosMessage + 'static> Tap for TypedTap<M> {
     }
 }
 
+/// Runs `$make::<M>($node, $t)` with `M` the message type named by `$t.type_name`.
+macro_rules! with_message_type {
+    ($make:ident, $node:expr, $t:expr) => {
+        match $t.type_name {
+            JointState::TYPE_NAME => $make::<JointState>($node, $t),
+            WrenchStamped::TYPE_NAME => $make::<WrenchStamped>($node, $t),
+            PoseStamped::TYPE_NAME => $make::<PoseStamped>($node, $t),
+            TFMessage::TYPE_NAME => $make::<TFMessage>($node, $t),
+            StringMsg::TYPE_NAME => $make::<StringMsg>($node, $t),
+            Float64::TYPE_NAME => $make::<Float64>($node, $t),
+            Image::TYPE_NAME => $make::<Image>($node, $t),
+            DiagnosticArray::TYPE_NAME => $make::<DiagnosticArray>($node, $t),
+            other => Err(Ros2Error::bag(format!("no message type {other}"))),
+        }
+    };
+}
+
 fn tap(node: &mut Node, t: BagTopic) -> Result<Box<dyn Tap>, Ros2Error> {
     fn typed<M: RosMessage + 'static>(
         node: &mut Node,
@@ -229,17 +246,7 @@ fn tap(node: &mut Node, t: BagTopic) -> Result<Box<dyn Tap>, Ros2Error> {
             sub: subscription::<M>(node, t.topic, qos(t.kind))?,
         }))
     }
-    match t.type_name {
-        JointState::TYPE_NAME => typed::<JointState>(node, t),
-        WrenchStamped::TYPE_NAME => typed::<WrenchStamped>(node, t),
-        PoseStamped::TYPE_NAME => typed::<PoseStamped>(node, t),
-        TFMessage::TYPE_NAME => typed::<TFMessage>(node, t),
-        StringMsg::TYPE_NAME => typed::<StringMsg>(node, t),
-        Float64::TYPE_NAME => typed::<Float64>(node, t),
-        Image::TYPE_NAME => typed::<Image>(node, t),
-        DiagnosticArray::TYPE_NAME => typed::<DiagnosticArray>(node, t),
-        other => Err(Ros2Error::bag(format!("no message type {other}"))),
-    }
+    with_message_type!(typed, node, t)
 }
 
 /// Records the selected topics of `config.domain_id` into `rec` until `stop` is set or
@@ -309,17 +316,7 @@ fn outlet(node: &mut Node, t: BagTopic) -> Result<Box<dyn Outlet>, Ros2Error> {
             publisher: publisher::<M>(node, t.topic, qos(t.kind))?,
         }))
     }
-    match t.type_name {
-        JointState::TYPE_NAME => typed::<JointState>(node, t),
-        WrenchStamped::TYPE_NAME => typed::<WrenchStamped>(node, t),
-        PoseStamped::TYPE_NAME => typed::<PoseStamped>(node, t),
-        TFMessage::TYPE_NAME => typed::<TFMessage>(node, t),
-        StringMsg::TYPE_NAME => typed::<StringMsg>(node, t),
-        Float64::TYPE_NAME => typed::<Float64>(node, t),
-        Image::TYPE_NAME => typed::<Image>(node, t),
-        DiagnosticArray::TYPE_NAME => typed::<DiagnosticArray>(node, t),
-        other => Err(Ros2Error::bag(format!("no message type {other}"))),
-    }
+    with_message_type!(typed, node, t)
 }
 
 /// Publishes `messages` (in log-time order, as a recording holds them) on their topics with the

@@ -1,0 +1,78 @@
+//! Helpers shared by the end-to-end tests of the `telecho` binary (each test file includes this
+//! module; not every file uses every helper).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// Runs the `telecho` binary to completion.
+pub(crate) fn telecho(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args(args)
+        .output()
+        .expect("run telecho")
+}
+
+/// `TELECHO_REQUIRE_PEERS=1`: a missing outside program fails the test instead of skipping it.
+pub(crate) fn require_peers() -> bool {
+    std::env::var("TELECHO_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// Writes a fresh site PKI (`telecho certs init`) into `dir`.
+pub(crate) fn certs(dir: &Path) {
+    let out = telecho(&["certs", "init", "--out", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `telecho teleop serve --sim` (seed 1) on an ephemeral loopback port, stdout piped
+/// (the summary), and returns it with the address it listens on. Its other stderr lines are
+/// passed through, prefixed with `[serve]`.
+pub(crate) fn serve_sim(pki: &Path, audit: &Path, duration_s: f64) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args([
+            "teleop",
+            "serve",
+            "--sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--pki",
+            pki.to_str().unwrap(),
+            "--audit",
+            audit.to_str().unwrap(),
+            "--sim-seed",
+            "1",
+            "--duration-s",
+            &duration_s.to_string(),
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if let Some(addr) = line.strip_prefix("telecho teleop serve: listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            } else {
+                eprintln!("[serve] {line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve prints its address");
+    (child, addr.parse().unwrap())
+}
