@@ -126,13 +126,18 @@ fn load_plan(args: &ConsoleArgs, model: &mut SceneModel) -> Result<(), CliError>
     let Some(reg) = &args.registration else {
         return Ok(());
     };
-    let t_base_ct = crate::perception::register::read_ground_truth(reg).map_err(CliError::input)?;
     let text = std::fs::read(reg)
         .with_context(|| format!("cannot read {}", reg.display()))
         .map_err(CliError::input)?;
     let v: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not JSON", reg.display()))
         .map_err(CliError::input)?;
+    let rows: [[f64; 4]; 4] = v
+        .get("t_base_ct")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .ok_or_else(|| CliError::input(anyhow!("{}: no 4×4 t_base_ct", reg.display())))?;
+    let t_base_ct = telecho_perception::registration::transform_from_rows(&rows)
+        .map_err(|e| CliError::input(anyhow!("{}: t_base_ct: {e}", reg.display())))?;
     if let Some(list) = v.get("landmarks").and_then(|l| l.as_array()) {
         for l in list {
             let name = l.get("name").and_then(|n| n.as_str());
@@ -309,9 +314,15 @@ fn screenshot_run(
         .map_err(CliError::failed)?;
     let pixels = telecho_teleop::view::render::screenshot(model, args.width, args.height)
         .map_err(|e| CliError::failed(anyhow!("{e}")))?;
-    write_rgb_png(path, pixels.width, pixels.height, &pixels.data).map_err(CliError::failed)?;
-    let bg = &pixels.data[..3];
-    let differing = pixels
+    let image = telecho_perception::fuse::RgbImage {
+        width: pixels.width as usize,
+        height: pixels.height as usize,
+        data: pixels.data,
+    };
+    telecho_perception::fuse::write_png(path, &image)
+        .map_err(|e| CliError::failed(anyhow!("{e}")))?;
+    let bg = &image.data[..3];
+    let differing = image
         .data
         .chunks_exact(3)
         .filter(|p| p.iter().zip(bg).any(|(a, b)| a.abs_diff(*b) > 8))
@@ -330,10 +341,10 @@ fn screenshot_run(
         command_rtt_ms: model.latency.command_rtt_s.map(|s| s * 1e3),
         frame_age_ms: model.latency.frame_age_s.map(|s| s * 1e3),
         screenshot: Some(path.to_path_buf()),
-        width: pixels.width,
-        height: pixels.height,
+        width: image.width as u32,
+        height: image.height as u32,
         non_background_fraction: Some(
-            differing as f64 / (pixels.width as f64 * pixels.height as f64),
+            differing as f64 / (image.width as f64 * image.height as f64),
         ),
     };
     if args.json {
@@ -438,24 +449,5 @@ fn window_run(
             }
         }
     });
-    Ok(())
-}
-
-/// 8-bit RGB PNG without ancillary chunks.
-fn write_rgb_png(path: &Path, width: u32, height: u32, data: &[u8]) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc
-        .write_header()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writer
-        .write_image_data(data)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writer
-        .finish()
-        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

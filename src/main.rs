@@ -170,7 +170,7 @@ impl Command {
 /// (heaptrack: all of it released at exit). Serving every block of 32 kB and more from its own
 /// mapping returns it to the system when freed: the same soak then grew 4.3 %. Measured with
 /// `MALLOC_MMAP_THRESHOLD_=32768 telecho soak --minutes 6 --json` beside a default run; see
-/// docs/BENCHMARKS.md. Costs a page-fault round per large allocation, so only the long-running
+/// docs/BENCHMARK_NOTES.md. Costs a page-fault round per large allocation, so only the long-running
 /// network services ask for it (not the batch commands, whose volumes and point sets are large).
 fn bound_heap_fragmentation() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
