@@ -21,8 +21,8 @@ use anyhow::Context;
 use telecho_control::{ControlOutput, SafetyEvent};
 use telecho_core::recording::Recorder;
 use telecho_core::ros_msgs::{
-    DiagnosticArray, DiagnosticStatus, Float64, Header, Image, JointState, KeyValue, Pose,
-    PoseStamped, TFMessage, Time, TransformStamped, Vector3, Wrench, WrenchStamped,
+    Float64, Header, Image, JointState, Pose, PoseStamped, TFMessage, Time, TransformStamped,
+    Vector3, Wrench, WrenchStamped,
 };
 use telecho_sim::SimWorld;
 
@@ -166,33 +166,9 @@ impl ScanTap {
 
     /// Records one safety event.
     fn event(&mut self, e: &SafetyEvent) -> anyhow::Result<()> {
-        use telecho_control::Severity;
         let (h, ns) = header(e.time_s, BASE_FRAME);
-        let level = match e.kind.severity() {
-            Severity::Info => DiagnosticStatus::OK,
-            Severity::Limit => DiagnosticStatus::WARN,
-            Severity::Stop => DiagnosticStatus::ERROR,
-        };
-        let msg = DiagnosticArray {
-            header: h,
-            status: vec![DiagnosticStatus {
-                level,
-                name: "telecho/safety".to_owned(),
-                message: e.kind.name().to_owned(),
-                hardware_id: "control".to_owned(),
-                values: vec![
-                    KeyValue {
-                        key: "value".to_owned(),
-                        value: format!("{}", e.value),
-                    },
-                    KeyValue {
-                        key: "limit".to_owned(),
-                        value: format!("{}", e.limit),
-                    },
-                ],
-            }],
-        };
-        self.recorder.write("/safety/events", ns, &msg)?;
+        self.recorder
+            .write("/safety/events", ns, &e.to_diagnostic(h))?;
         self.messages += 1;
         Ok(())
     }

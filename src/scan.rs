@@ -408,6 +408,7 @@ fn abort_text(cause: &AbortCause) -> String {
         ),
         AbortCause::Supervisor(s) => format!("the supervisor left its normal state: {s:?}"),
         AbortCause::Timeout(s) => format!("timeout in state {}", state_name(*s)),
+        AbortCause::Stopped => "stopped on request".to_owned(),
     }
 }
 
@@ -611,19 +612,21 @@ pub(crate) fn run_scan(
 
 /// One frame's entry in `sweep.json`: what the control node knows.
 #[derive(Debug, Serialize)]
-struct FrameRecord {
-    index: usize,
-    time_s: f64,
+pub(crate) struct FrameRecord {
+    pub(crate) index: usize,
+    pub(crate) time_s: f64,
     /// FK of the measured joint angles, row-major 4×4.
-    t_base_probe: [[f64; 4]; 4],
+    pub(crate) t_base_probe: [[f64; 4]; 4],
     /// The controller's compensated contact force along the probe axis, N.
-    force_n: f64,
-    force_setpoint_n: f64,
-    sweep: String,
-    sweep_index: usize,
-    state: &'static str,
-    /// Measured joint angles, rad.
-    q_rad: Vec<f64>,
+    pub(crate) force_n: f64,
+    pub(crate) force_setpoint_n: f64,
+    pub(crate) sweep: String,
+    pub(crate) sweep_index: usize,
+    pub(crate) state: &'static str,
+    /// Measured joint angles, rad (left out when the writer did not have them: sweeps that
+    /// `telecho node perception` collects from ROS 2 topics).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) q_rad: Vec<f64>,
 }
 
 /// One frame's entry in `ground_truth.json`: what only the evaluator knows.
@@ -790,8 +793,8 @@ impl SweepRecorder {
                 depth_m: params.depth_m,
                 slice_thickness_m: params.slice_thickness_m,
             },
-            arm: arm_name(sc.arm),
-            urdf: sc.arm.bundled().0,
+            arm: arm_name(sc.arm).to_owned(),
+            urdf: sc.arm.bundled().0.to_owned(),
             seed: sc.seed,
             protocol: sc.protocol.name.clone(),
             completed: report.completed,
@@ -804,48 +807,48 @@ impl SweepRecorder {
 }
 
 #[derive(Debug, Serialize)]
-struct ProbeInfo {
-    frequency_hz: f64,
-    aperture_m: f64,
-    depth_m: f64,
-    slice_thickness_m: f64,
+pub(crate) struct ProbeInfo {
+    pub(crate) frequency_hz: f64,
+    pub(crate) aperture_m: f64,
+    pub(crate) depth_m: f64,
+    pub(crate) slice_thickness_m: f64,
 }
 
 #[derive(Debug, Serialize)]
-struct SweepEntry {
-    index: usize,
-    name: String,
-    orientation: &'static str,
-    force_n: f64,
-    speed_m_s: f64,
-    tilt_deg: f64,
-    first_frame: usize,
-    frame_count: usize,
-    completed: bool,
+pub(crate) struct SweepEntry {
+    pub(crate) index: usize,
+    pub(crate) name: String,
+    pub(crate) orientation: &'static str,
+    pub(crate) force_n: f64,
+    pub(crate) speed_m_s: f64,
+    pub(crate) tilt_deg: f64,
+    pub(crate) first_frame: usize,
+    pub(crate) frame_count: usize,
+    pub(crate) completed: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct SweepHeader {
-    format: &'static str,
-    frames_file: &'static str,
-    pixel_type: &'static str,
-    width: usize,
-    height: usize,
-    frame_bytes: usize,
-    frame_count: usize,
-    pixel_spacing_m: [f64; 2],
-    t_probe_image: [[f64; 4]; 4],
-    base_frame: &'static str,
-    probe_frame: &'static str,
-    pose_source: &'static str,
-    force_source: &'static str,
-    probe: ProbeInfo,
-    arm: &'static str,
-    urdf: &'static str,
-    seed: u64,
-    protocol: String,
-    completed: bool,
-    sweeps: Vec<SweepEntry>,
+pub(crate) struct SweepHeader {
+    pub(crate) format: &'static str,
+    pub(crate) frames_file: &'static str,
+    pub(crate) pixel_type: &'static str,
+    pub(crate) width: usize,
+    pub(crate) height: usize,
+    pub(crate) frame_bytes: usize,
+    pub(crate) frame_count: usize,
+    pub(crate) pixel_spacing_m: [f64; 2],
+    pub(crate) t_probe_image: [[f64; 4]; 4],
+    pub(crate) base_frame: &'static str,
+    pub(crate) probe_frame: &'static str,
+    pub(crate) pose_source: &'static str,
+    pub(crate) force_source: &'static str,
+    pub(crate) probe: ProbeInfo,
+    pub(crate) arm: String,
+    pub(crate) urdf: String,
+    pub(crate) seed: u64,
+    pub(crate) protocol: String,
+    pub(crate) completed: bool,
+    pub(crate) sweeps: Vec<SweepEntry>,
 }
 
 #[derive(Debug, Serialize)]
@@ -868,7 +871,7 @@ struct GroundTruthHeader {
 
 /// Writes `header` as a JSON object with an extra last member `"frames"`: an array holding one
 /// compact object per line (deterministic, greppable, and parsed as ordinary JSON).
-fn write_json_with_frames<H: Serialize, F: Serialize>(
+pub(crate) fn write_json_with_frames<H: Serialize, F: Serialize>(
     path: &Path,
     header: &H,
     frames: &[F],

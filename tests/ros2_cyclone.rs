@@ -342,8 +342,20 @@ fn control_node_interoperates_with_cyclone_dds() {
     // /tf_static: every fixed joint of the path, bit-identical to the URDF's transforms.
     let robot = urdf_rs::read_from_string(&xml).unwrap();
     let tree = TfTree::from_robot(&robot, "base_link", "probe_tip", chain.joint_names()).unwrap();
+    // …and the image plane of the ultrasound stream on the probe (`probe_tip` → `us_image`).
+    let us = telecho_sim::UsParams::default();
+    let geometry = telecho_control::ros2::UsGeometry {
+        width: us.width as u32,
+        height: us.height as u32,
+        pixel_spacing_m: [us.lateral_spacing_m(), us.axial_spacing_m()],
+    };
     let expected: Vec<(String, String, Vec<u64>)> = tree
         .static_transforms()
+        .chain(std::iter::once((
+            "probe_tip",
+            "us_image",
+            geometry.t_probe_image(),
+        )))
         .map(|(p, c, t)| {
             let m = telecho_core::ros_msgs::Transform::from(&t);
             let v = [
@@ -379,7 +391,7 @@ fn control_node_interoperates_with_cyclone_dds() {
             )
         })
         .collect();
-    assert_eq!(received.len(), 4, "{received:?}");
+    assert_eq!(received.len(), 5, "{received:?}");
     assert_eq!(received, expected);
 
     // The wrench: finite, compensated (free space: bias and the probe's weight removed, only

@@ -94,6 +94,8 @@ pub enum AbortCause {
     Supervisor(SafetyState),
     /// A state took longer than its timeout.
     Timeout(ScanState),
+    /// Stopped on request (`/scan/stop`, the console's stop).
+    Stopped,
 }
 
 /// Where the scan is (for recorders tagging frames).
@@ -277,6 +279,24 @@ impl ScanExecutor {
     /// True in [`ScanState::Done`] or [`ScanState::Aborted`].
     pub fn is_finished(&self) -> bool {
         matches!(self.state, ScanState::Done | ScanState::Aborted)
+    }
+
+    /// Stops the scan on request: from wherever it is, the probe lifts straight off along the
+    /// skin normal to the retract height (the force ramps down through the supervisor as the
+    /// target leaves contact) and the executor ends in [`ScanState::Aborted`] with
+    /// [`AbortCause::Stopped`]. Nothing happens once the scan has finished or is already
+    /// aborting. `out` is the controller's last output. Does not allocate.
+    pub fn stop(&mut self, time_s: f64, out: &ControlOutput) {
+        if self.is_finished() {
+            return;
+        }
+        if self.state == ScanState::Idle {
+            // Nothing moved yet: end at once.
+            self.abort = Some(AbortCause::Stopped);
+            self.enter(ScanState::Aborted, time_s);
+            return;
+        }
+        self.abort_now(AbortCause::Stopped, time_s, out);
     }
 
     fn enter(&mut self, state: ScanState, time_s: f64) {

@@ -27,8 +27,8 @@ pub use kinematics::{Chain, IkConfig, IkReport, IkSolver, JointKind, JointLimits
 pub use payload::{Payload, Wrench};
 pub use protocol::{ProbeOrientation, ScanProtocol, Sweep};
 pub use rt_loop::{
-    run_simulated, spawn_realtime, spawn_realtime_with, CpuTimes, FnSource, LoopStats, Plant,
-    RtConfig, RtRun, RtStatus, TargetSource, TimingSummary,
+    run_simulated, spawn_realtime, spawn_realtime_until, spawn_realtime_with, CpuTimes, FnSource,
+    LoopStats, Plant, RtConfig, RtRun, RtStatus, TargetSource, TimingSummary,
 };
 pub use safety::{
     SafetyConfig, SafetyEvent, SafetyEventKind, SafetyEvents, SafetyState, SafetySupervisor,

@@ -59,22 +59,32 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nalgebra::{Matrix3, Rotation3, Unit, UnitQuaternion, Vector3};
 use ros2_client::qos::{Durability, History, WhenFull};
+use ros2_client::service::{Client, Server, ServiceMapping};
 use ros2_client::{
     Context, ContextOptions, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher,
-    QosProfile, Subscription,
+    QosProfile, ServiceTypeName, Subscription,
 };
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use telecho_core::ros_msgs::{
-    Float64, Header, JointState, Point, Pose, PoseStamped, RosMessage, StringMsg, TFMessage,
-    TransformStamped, Vector3 as MsgVector3, Wrench as MsgWrench, WrenchStamped,
+    DiagnosticArray, Float64, Header, Image, JointState, Point, Pose, PoseStamped, RosMessage,
+    StringMsg, TFMessage, TransformStamped, TriggerRequest, TriggerResponse, Vector3 as MsgVector3,
+    Vector3Stamped, Wrench as MsgWrench, WrenchStamped, TRIGGER_SERVICE,
 };
 use telecho_core::{frames, Transform};
 use thiserror::Error as ThisError;
 
+pub use ros2_client::service::ServiceMapping as Mapping;
+pub use ros2_client::{
+    Node as RosNode, Publisher as RosPublisher, Subscription as RosSubscription,
+};
+
 use crate::controller::{ControlOutput, ProbeController, ProbeTarget};
+use crate::executor::{AbortCause, ScanExecutor, ScanProgress, ScanState};
 use crate::ft_compensation::{FtCompensator, FtSample};
 use crate::kinematics::Chain;
 use crate::rt_loop::{Plant, TargetSource};
-use crate::safety::SafetyState;
+use crate::safety::{SafetyEvent, SafetyState};
 
 /// Most joints a [`StateSample`] carries.
 pub const MAX_DOF: usize = 16;
@@ -82,6 +92,12 @@ pub const MAX_DOF: usize = 16;
 const SAMPLE_QUEUE: usize = 2048;
 /// Set-points buffered from the adapter to the control thread.
 const SETPOINT_QUEUE: usize = 64;
+
+/// Safety events queued for publication (a burst beyond this is counted and dropped).
+const EVENT_QUEUE: usize = 256;
+
+/// Ultrasound frames queued for publication.
+const FRAME_QUEUE: usize = 8;
 /// The held ROS target is no longer issued when the adapter thread has not beaten for this
 /// long, s.
 pub const HEARTBEAT_TIMEOUT_S: f64 = 0.05;
@@ -132,6 +148,9 @@ pub struct Ros2Config {
     pub wrench_rate_hz: f64,
     /// Rate of `/joint_states`, `/tf` and `/probe/pose`, Hz (default 100).
     pub state_rate_hz: f64,
+    /// How services map onto DDS topics: [`ServiceMapping::Cyclone`] (the default) is what
+    /// `rmw_cyclonedds` uses; ROS 2 on Fast DDS or Connext uses `Enhanced`.
+    pub service_mapping: ServiceMapping,
 }
 
 impl Default for Ros2Config {
@@ -142,6 +161,7 @@ impl Default for Ros2Config {
             node_name: "telecho_control".into(),
             wrench_rate_hz: 1000.0,
             state_rate_hz: 100.0,
+            service_mapping: ServiceMapping::Cyclone,
         }
     }
 }
@@ -371,7 +391,13 @@ pub enum Rejection {
     /// The force setpoint is outside 1–20 N (and not 0).
     #[error("force setpoint {0} N is outside {lo}–{hi} N (0 leaves contact)", lo = FORCE_SETPOINT_RANGE_N[0], hi = FORCE_SETPOINT_RANGE_N[1])]
     ForceOutOfRange(f64),
+    /// An autonomous scan has the probe (`/scan/stop` it first).
+    #[error("an autonomous scan is running; call /scan/stop first")]
+    ScanRunning,
 }
+
+/// Frame of the ultrasound images (`probe_tip` → `us_image` on `/tf_static`).
+pub const US_IMAGE_FRAME: &str = "us_image";
 
 /// Checks ROS commands before they become targets.
 #[derive(Clone, Debug, PartialEq)]
@@ -448,6 +474,371 @@ impl CommandValidator {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The autonomous scan and the ultrasound stream
+
+/// The autonomous scan behind the `/scan/start` and `/scan/stop` services.
+pub struct ScanService {
+    /// Builds a fresh executor for each `/scan/start` (called on the adapter thread, so the
+    /// control thread only swaps it in).
+    pub make: Box<dyn FnMut() -> Result<ScanExecutor, String> + Send>,
+    /// The protocol, as published (latched, JSON) on `/scan/protocol`.
+    pub protocol: ProtocolInfo,
+}
+
+impl std::fmt::Debug for ScanService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanService")
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `/scan/protocol` (latched, `std_msgs/String` JSON): the protocol a node's `/scan/start`
+/// runs, and the probe and patient it runs on — what a perception node needs to write the
+/// tracked sweep (`docs/SWEEP_FORMAT.md`) from the live topics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolInfo {
+    /// Protocol name.
+    pub name: String,
+    /// Bundled arm (`ur5e`, `panda`).
+    pub arm: String,
+    /// URDF robot name.
+    pub urdf: String,
+    /// Simulated patient seed (0 on hardware).
+    pub seed: u64,
+    /// The ultrasound probe.
+    pub probe: ProbeDescription,
+    /// The sweeps, in order.
+    pub sweeps: Vec<SweepDescription>,
+}
+
+/// The probe in [`ProtocolInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeDescription {
+    /// Centre frequency, Hz.
+    pub frequency_hz: f64,
+    /// Aperture, m.
+    pub aperture_m: f64,
+    /// Imaging depth, m.
+    pub depth_m: f64,
+    /// Elevational slice thickness, m.
+    pub slice_thickness_m: f64,
+}
+
+/// One sweep in [`ProtocolInfo`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepDescription {
+    /// Sweep name.
+    pub name: String,
+    /// `sagittal` or `transverse`.
+    pub orientation: String,
+    /// Force setpoint, N.
+    pub force_n: f64,
+    /// Speed, m/s.
+    pub speed_m_s: f64,
+    /// Beam tilt toward the midline, degrees.
+    pub tilt_deg: f64,
+}
+
+/// Geometry of the ultrasound images the node publishes on `/us/image`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UsGeometry {
+    /// Columns (scanlines).
+    pub width: u32,
+    /// Rows (depth samples).
+    pub height: u32,
+    /// `[column spacing, row spacing]`, m.
+    pub pixel_spacing_m: [f64; 2],
+}
+
+impl UsGeometry {
+    /// The rigid part of the image-to-probe calibration (`docs/SWEEP_FORMAT.md`), published on
+    /// `/tf_static` as `probe_tip` → `us_image`: the `us_image` origin is pixel (0, 0), its x
+    /// runs along the columns (the probe's +x), its y along the rows (the beam, the probe's +z)
+    /// and its z out of the plane (the probe's −y). A pixel `(row, col)` is at
+    /// `(col·sx, row·sz, 0)` in `us_image`, with the spacings of `/us/pixel_spacing`.
+    pub fn t_probe_image(&self) -> Transform {
+        let half = 0.5 * f64::from(self.width.max(1) - 1) * self.pixel_spacing_m[0];
+        Transform::new(
+            Matrix3::new(1.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0),
+            Vector3::new(-half, 0.0, 0.0),
+        )
+    }
+
+    fn validate(&self) -> Result<(), Ros2Error> {
+        let [sx, sz] = self.pixel_spacing_m;
+        if self.width == 0
+            || self.height == 0
+            || self.width > 8192
+            || self.height > 8192
+            || !(sx.is_finite() && sx > 0.0 && sz.is_finite() && sz > 0.0)
+        {
+            return Err(Ros2ErrorKind::Config(format!("ultrasound geometry {self:?}")).into());
+        }
+        Ok(())
+    }
+}
+
+/// Where the autonomous scan is, as the control thread tells the image tap. `state` is `None`
+/// when no scan has started since the node started (or a ROS set-point took over).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanTag {
+    /// Scan runs started so far (the current one's number, from 1).
+    pub run: u32,
+    /// Executor state.
+    pub state: Option<ScanState>,
+    /// Current sweep.
+    pub sweep_index: usize,
+}
+
+const SCAN_STATES: [ScanState; 9] = [
+    ScanState::Idle,
+    ScanState::Transfer,
+    ScanState::Approach,
+    ScanState::Contact,
+    ScanState::Sweep,
+    ScanState::LiftOff,
+    ScanState::Retract,
+    ScanState::Done,
+    ScanState::Aborted,
+];
+
+impl ScanTag {
+    fn pack(&self) -> u64 {
+        let state = self
+            .state
+            .and_then(|s| SCAN_STATES.iter().position(|x| *x == s))
+            .map_or(0, |i| i as u64 + 1);
+        state | ((self.sweep_index as u64 & 0xff_ffff) << 8) | (u64::from(self.run) << 32)
+    }
+
+    fn unpack(v: u64) -> Self {
+        let code = (v & 0xff) as usize;
+        Self {
+            run: (v >> 32) as u32,
+            state: code
+                .checked_sub(1)
+                .and_then(|i| SCAN_STATES.get(i).copied()),
+            sweep_index: ((v >> 8) & 0xff_ffff) as usize,
+        }
+    }
+}
+
+/// Reads the control thread's [`ScanTag`] (lock-free).
+#[derive(Clone, Debug)]
+pub struct ScanTagReader(Arc<AtomicU64>);
+
+impl ScanTagReader {
+    /// The tag as of the last control cycle.
+    pub fn get(&self) -> ScanTag {
+        ScanTag::unpack(self.0.load(Ordering::Acquire))
+    }
+}
+
+/// Snake-case name of an executor state, as `/scan/status` and `/us/frame_info` write it.
+pub fn scan_state_name(s: ScanState) -> &'static str {
+    match s {
+        ScanState::Idle => "idle",
+        ScanState::Transfer => "transfer",
+        ScanState::Approach => "approach",
+        ScanState::Contact => "contact",
+        ScanState::Sweep => "sweep",
+        ScanState::LiftOff => "lift_off",
+        ScanState::Retract => "retract",
+        ScanState::Done => "done",
+        ScanState::Aborted => "aborted",
+    }
+}
+
+/// Why a scan aborted, in words.
+pub fn abort_text(cause: &AbortCause) -> String {
+    match cause {
+        AbortCause::Safety(e) => format!(
+            "safety event {} (value {}, limit {})",
+            e.kind.name(),
+            e.value,
+            e.limit
+        ),
+        AbortCause::Supervisor(s) => format!("the supervisor left its normal state: {s:?}"),
+        AbortCause::Timeout(s) => format!("timeout in state {}", scan_state_name(*s)),
+        AbortCause::Stopped => "stopped on request".to_owned(),
+    }
+}
+
+/// One ultrasound frame for the adapter to publish (`/us/image`, `/us/pixel_spacing`,
+/// `/us/probe_pose`, `/us/frame_info`, all with the same stamp).
+#[derive(Clone, Debug)]
+pub struct UsFrame {
+    /// Acquisition time on the plant's clock, s.
+    pub time_s: f64,
+    /// Row-major 8-bit pixels, `width × height` of the adapter's [`UsGeometry`].
+    pub pixels: Vec<u8>,
+    /// Measured probe pose at acquisition (FK of the measured joints).
+    pub t_base_probe: Transform,
+    /// The controller's force estimate along the probe axis, N.
+    pub force_n: f64,
+    /// The force reference, N.
+    pub force_setpoint_n: f64,
+    /// Where the scan was.
+    pub scan: ScanTag,
+}
+
+/// `/us/frame_info`: what the control node knew when a frame was taken (one JSON object per
+/// frame, in a `std_msgs/String`, stamped like the image by `stamp_ns`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrameInfo {
+    /// The image's header stamp, ns since the epoch.
+    pub stamp_ns: u64,
+    /// Acquisition time on the control node's clock, s.
+    pub time_s: f64,
+    /// Controller force estimate along the probe axis, N.
+    pub force_n: f64,
+    /// Force reference, N.
+    pub force_setpoint_n: f64,
+    /// Scan run (0: no scan yet).
+    pub run: u32,
+    /// Executor state (`None` outside a scan).
+    pub state: Option<String>,
+    /// Current sweep of the run.
+    pub sweep_index: usize,
+}
+
+/// `/scan/status` (latched, `std_msgs/String` JSON): published on every executor state or
+/// sweep change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScanStatus {
+    /// Scan run (0: none started yet).
+    pub run: u32,
+    /// Executor state, or `none` before any scan.
+    pub state: String,
+    /// Protocol name.
+    pub protocol: String,
+    /// Current sweep index and name.
+    pub sweep_index: usize,
+    /// Name of the current sweep.
+    pub sweep_name: Option<String>,
+    /// Sweeps in the protocol.
+    pub sweep_count: usize,
+    /// Why the run aborted.
+    pub abort_cause: Option<String>,
+    /// Control-node time of the change, s.
+    pub time_s: f64,
+}
+
+impl ScanStatus {
+    /// True while a run is under way (started and not done or aborted).
+    pub fn is_running(&self) -> bool {
+        !matches!(self.state.as_str(), "none" | "done" | "aborted")
+    }
+}
+
+/// A `/scan/start` or `/scan/stop` for the control thread.
+enum ScanRequest {
+    Start(Box<ScanExecutor>),
+    Stop,
+}
+
+/// An executor change, from the control thread.
+#[derive(Clone, Copy, Debug)]
+struct ScanUpdate {
+    run: u32,
+    time_s: f64,
+    progress: ScanProgress,
+    abort: Option<AbortCause>,
+}
+
+/// Options of [`attach_with`] beyond the control node's own topics.
+#[derive(Debug, Default)]
+pub struct AttachOptions {
+    /// Offer `/scan/start` and `/scan/stop` for this protocol, and publish `/scan/status` and
+    /// `/scan/protocol`.
+    pub scan: Option<ScanService>,
+    /// Publish ultrasound frames of this geometry (sent through [`Ros2Adapter::frame_sender`]).
+    pub us: Option<UsGeometry>,
+}
+
+/// A ROS 2 message wrapper for types `ros2-client`'s service API needs to implement its
+/// `Message` trait (the message types live in `telecho_core`, the trait in `ros2-client`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Wire<T>(pub T);
+
+impl<T: Serialize + DeserializeOwned> ros2_client::Message for Wire<T> {}
+
+/// A `std_srvs/srv/Trigger` server.
+pub type TriggerServer = Server<Wire<TriggerRequest>, Wire<TriggerResponse>>;
+/// A `std_srvs/srv/Trigger` client.
+pub type TriggerClient = Client<Wire<TriggerRequest>, Wire<TriggerResponse>>;
+
+/// QoS of services: reliable, volatile, the last 10.
+pub fn service_qos() -> QosProfile {
+    command_qos()
+}
+
+/// Creates a `std_srvs/srv/Trigger` server on `service` (e.g. `/scan/start`).
+pub fn trigger_server(
+    node: &mut Node,
+    service: &str,
+    mapping: ServiceMapping,
+) -> Result<TriggerServer, Ros2Error> {
+    node.create_server(
+        mapping,
+        &topic_name(service)?,
+        &ServiceTypeName::new(TRIGGER_SERVICE.0, TRIGGER_SERVICE.1),
+        service_qos(),
+        service_qos(),
+    )
+    .map_err(|e| Ros2Error::dds(service, e))
+}
+
+/// Creates a `std_srvs/srv/Trigger` client of `service`.
+pub fn trigger_client(
+    node: &mut Node,
+    service: &str,
+    mapping: ServiceMapping,
+) -> Result<TriggerClient, Ros2Error> {
+    node.create_client(
+        mapping,
+        &topic_name(service)?,
+        &ServiceTypeName::new(TRIGGER_SERVICE.0, TRIGGER_SERVICE.1),
+        service_qos(),
+        service_qos(),
+    )
+    .map_err(|e| Ros2Error::dds(service, e))
+}
+
+/// Calls a Trigger service and waits up to `timeout` for the answer (polling; no executor).
+///
+/// Without a spinner the client cannot see when the server has matched, and a request written
+/// before discovery completes is lost, so an unanswered request is sent again every second. Servers
+/// must therefore treat a repeated trigger as harmless (telecho's do: a second `/scan/start`
+/// while a scan runs is refused, a second `/perception/register` over the same frames answers
+/// from the cached result). Any answer to any of the sent requests counts.
+pub fn call_trigger(
+    client: &TriggerClient,
+    timeout: Duration,
+) -> Result<TriggerResponse, Ros2Error> {
+    let deadline = Instant::now() + timeout;
+    let mut sent: Vec<ros2_client::service::RmwRequestId> = Vec::new();
+    let mut last_send: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if last_send.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            let id = client
+                .send_request(Wire(TriggerRequest::default()))
+                .map_err(|e| Ros2Error::dds("service request", e))?;
+            sent.push(id);
+            last_send = Some(Instant::now());
+        }
+        match client.receive_response() {
+            Ok(Some((id, resp))) if sent.contains(&id) => return Ok(resp.0),
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(Ros2Error::dds("service response", e)),
+        }
+    }
+    Err(Ros2ErrorKind::Dds(format!("no answer within {:.1} s", timeout.as_secs_f64())).into())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The control thread's side
 
 /// One control cycle as the adapter sees it. `Copy`, fixed size: sending it allocates nothing.
@@ -489,7 +880,9 @@ pub struct RosPlant<P> {
     sample: StateSample,
     ft: FtSample,
     tx: SyncSender<StateSample>,
+    events: SyncSender<SafetyEvent>,
     dropped: Arc<AtomicU64>,
+    events_dropped: Arc<AtomicU64>,
 }
 
 impl<P> RosPlant<P> {
@@ -544,6 +937,11 @@ impl<P: Plant> Plant for RosPlant<P> {
         if self.tx.try_send(self.sample).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        for e in out.events.as_slice() {
+            if self.events.try_send(*e).is_err() {
+                self.events_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn advance(&mut self, dt: f64) {
@@ -572,11 +970,32 @@ impl Heartbeat {
 
 /// The loop's target source: the newest validated ROS set-point, held and issued every cycle
 /// while the adapter is alive; `None` (the controller holds its position) before the first one.
-#[derive(Debug)]
+///
+/// With a [`ScanService`], `/scan/start` hands it a fresh [`ScanExecutor`] and the executor
+/// drives the probe until it has finished (ROS set-points are refused meanwhile); the finished
+/// executor keeps holding where it ended until a ROS set-point arrives. An autonomous scan goes
+/// on if the adapter thread dies (it needs no network); `/scan/stop` ends it early through
+/// [`ScanExecutor::stop`].
 pub struct RosTargets {
     rx: Receiver<Setpoint>,
     current: Option<Setpoint>,
     heartbeat: Arc<Heartbeat>,
+    scan_rx: Receiver<ScanRequest>,
+    executor: Option<Box<ScanExecutor>>,
+    run: u32,
+    last_scan: Option<(ScanState, usize)>,
+    updates: SyncSender<ScanUpdate>,
+    tag: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for RosTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RosTargets")
+            .field("current", &self.current)
+            .field("run", &self.run)
+            .field("scan", &self.last_scan)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RosTargets {
@@ -584,13 +1003,56 @@ impl RosTargets {
     pub fn has_target(&self) -> bool {
         self.current.is_some()
     }
+
+    /// The scan tag the image tap reads.
+    pub fn scan_tag(&self) -> ScanTagReader {
+        ScanTagReader(self.tag.clone())
+    }
+
+    /// The executor of the last scan run, if any.
+    pub fn executor(&self) -> Option<&ScanExecutor> {
+        self.executor.as_deref()
+    }
+
+    fn scanning(&self) -> bool {
+        self.executor.as_ref().is_some_and(|e| !e.is_finished())
+    }
+
+    fn take_scan_requests(&mut self, time_s: f64, last: &ControlOutput) {
+        loop {
+            match self.scan_rx.try_recv() {
+                Ok(ScanRequest::Start(e)) => {
+                    if self.scanning() {
+                        continue; // The adapter refuses these; never replace a running scan.
+                    }
+                    self.run = self.run.wrapping_add(1);
+                    self.executor = Some(e);
+                    self.current = None;
+                    self.last_scan = None;
+                }
+                Ok(ScanRequest::Stop) => {
+                    if let Some(e) = self.executor.as_mut() {
+                        e.stop(time_s, last);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 impl TargetSource for RosTargets {
-    fn next_target(&mut self, time_s: f64, _last: &ControlOutput) -> Option<ProbeTarget> {
+    fn next_target(&mut self, time_s: f64, last: &ControlOutput) -> Option<ProbeTarget> {
+        self.take_scan_requests(time_s, last);
         loop {
             match self.rx.try_recv() {
-                Ok(s) => self.current = Some(s),
+                Ok(s) => {
+                    if self.scanning() {
+                        continue; // A running scan has the probe.
+                    }
+                    self.executor = None;
+                    self.current = Some(s);
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     // The adapter is gone: issue nothing, the supervisor's watchdog acts.
@@ -599,6 +1061,32 @@ impl TargetSource for RosTargets {
                 }
             }
         }
+        if let Some(e) = self.executor.as_mut() {
+            let target = e.update(time_s, last);
+            let p = e.progress();
+            if self.last_scan != Some((p.state, p.sweep_index)) {
+                self.last_scan = Some((p.state, p.sweep_index));
+                let _ = self.updates.try_send(ScanUpdate {
+                    run: self.run,
+                    time_s,
+                    progress: p,
+                    abort: e.abort_cause(),
+                });
+            }
+            let tag = ScanTag {
+                run: self.run,
+                state: Some(p.state),
+                sweep_index: p.sweep_index,
+            };
+            self.tag.store(tag.pack(), Ordering::Release);
+            return target;
+        }
+        let tag = ScanTag {
+            run: self.run,
+            state: None,
+            sweep_index: 0,
+        };
+        self.tag.store(tag.pack(), Ordering::Release);
         if self.heartbeat.age_s() > HEARTBEAT_TIMEOUT_S {
             return None;
         }
@@ -639,6 +1127,24 @@ pub struct Ros2Report {
     pub last_target_pose: Option<PoseStamped>,
     /// The last `/probe/force_setpoint` received, N.
     pub last_force_setpoint_n: Option<f64>,
+    /// `/safety/events` messages published.
+    pub events_published: u64,
+    /// Safety events the adapter fell behind on (dropped in the control thread).
+    pub events_dropped: u64,
+    /// Ultrasound frames published (`/us/image` with its companions).
+    pub images_published: u64,
+    /// Ultrasound frames refused (wrong size) or dropped because the queue was full.
+    pub images_dropped: u64,
+    /// `/scan/start` requests that started a scan.
+    pub scans_started: u64,
+    /// `/scan/stop` requests passed to a running scan.
+    pub scans_stopped: u64,
+    /// Service requests refused (with the reason in the response).
+    pub service_refusals: u64,
+    /// `/scan/status` messages published.
+    pub scan_status_published: u64,
+    /// The last `/scan/status` published.
+    pub last_scan_status: Option<ScanStatus>,
 }
 
 /// The running adapter thread. [`Ros2Adapter::stop`] ends it and returns its report.
@@ -647,10 +1153,22 @@ pub struct Ros2Adapter {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<Ros2Report>,
     dropped: Arc<AtomicU64>,
+    events_dropped: Arc<AtomicU64>,
+    frames_dropped: Arc<AtomicU64>,
     report: Arc<Mutex<Ros2Report>>,
+    frames: Option<SyncSender<UsFrame>>,
 }
 
 impl Ros2Adapter {
+    /// Where ultrasound frames go for publication (`None` without [`AttachOptions::us`]). Use
+    /// [`Ros2Adapter::send_frame`] or `try_send` on a clone: a full queue drops the frame.
+    pub fn frame_sender(&self) -> Option<FrameSender> {
+        self.frames.clone().map(|tx| FrameSender {
+            tx,
+            dropped: self.frames_dropped.clone(),
+        })
+    }
+
     /// The counts so far.
     pub fn report(&self) -> Ros2Report {
         let mut r = self
@@ -659,6 +1177,8 @@ impl Ros2Adapter {
             .map(|r| r.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
         r.samples_dropped = self.dropped.load(Ordering::Relaxed);
+        r.events_dropped = self.events_dropped.load(Ordering::Relaxed);
+        r.images_dropped += self.frames_dropped.load(Ordering::Relaxed);
         r
     }
 
@@ -670,7 +1190,28 @@ impl Ros2Adapter {
             .join()
             .map_err(|_| Ros2Error::from(Ros2ErrorKind::Thread("panicked".into())))?;
         r.samples_dropped = self.dropped.load(Ordering::Relaxed);
+        r.events_dropped = self.events_dropped.load(Ordering::Relaxed);
+        r.images_dropped += self.frames_dropped.load(Ordering::Relaxed);
         Ok(r)
+    }
+}
+
+/// Hands ultrasound frames to the adapter without blocking (a full queue drops the frame and
+/// counts it in [`Ros2Report::images_dropped`]).
+#[derive(Clone, Debug)]
+pub struct FrameSender {
+    tx: SyncSender<UsFrame>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl FrameSender {
+    /// Queues `frame`; false when it was dropped (queue full or the adapter gone).
+    pub fn send(&self, frame: UsFrame) -> bool {
+        let ok = self.tx.try_send(frame).is_ok();
+        if !ok {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 }
 
@@ -694,7 +1235,27 @@ pub fn attach<P: Plant>(
     urdf_xml: &str,
     config: &Ros2Config,
 ) -> Result<(RosPlant<P>, RosTargets, Ros2Adapter), Ros2Error> {
+    attach_with(
+        plant,
+        controller,
+        urdf_xml,
+        config,
+        AttachOptions::default(),
+    )
+}
+
+/// [`attach`] with the scan services and the ultrasound stream of `options`.
+pub fn attach_with<P: Plant>(
+    plant: P,
+    controller: &ProbeController,
+    urdf_xml: &str,
+    config: &Ros2Config,
+    options: AttachOptions,
+) -> Result<(RosPlant<P>, RosTargets, Ros2Adapter), Ros2Error> {
     config.validate()?;
+    if let Some(us) = &options.us {
+        us.validate()?;
+    }
     let model = |m: String| -> Ros2Error { Ros2ErrorKind::Model(m).into() };
     let chain = controller.chain();
     if chain.dof() > MAX_DOF {
@@ -724,6 +1285,12 @@ pub fn attach<P: Plant>(
 
     let (sample_tx, sample_rx) = mpsc::sync_channel(SAMPLE_QUEUE);
     let (setpoint_tx, setpoint_rx) = mpsc::sync_channel(SETPOINT_QUEUE);
+    let (event_tx, event_rx) = mpsc::sync_channel(EVENT_QUEUE);
+    let (scan_tx, scan_rx) = mpsc::sync_channel(SETPOINT_QUEUE);
+    let (update_tx, update_rx) = mpsc::sync_channel(SETPOINT_QUEUE);
+    let (frame_tx, frame_rx) = mpsc::sync_channel(FRAME_QUEUE);
+    let events_dropped = Arc::new(AtomicU64::new(0));
+    let frames_dropped = Arc::new(AtomicU64::new(0));
     let heartbeat = Arc::new(Heartbeat {
         origin: Instant::now(),
         last_ns: AtomicU64::new(0),
@@ -738,6 +1305,12 @@ pub fn attach<P: Plant>(
         validator,
         samples: sample_rx,
         setpoints: setpoint_tx,
+        events: event_rx,
+        scan_requests: scan_tx,
+        scan_updates: update_rx,
+        frames: frame_rx,
+        scan: options.scan,
+        us: options.us,
         heartbeat: heartbeat.clone(),
         stop: stop.clone(),
         report: report.clone(),
@@ -773,12 +1346,20 @@ pub fn attach<P: Plant>(
         },
         ft: FtSample::zero(0.0),
         tx: sample_tx,
+        events: event_tx,
         dropped: dropped.clone(),
+        events_dropped: events_dropped.clone(),
     };
     let targets = RosTargets {
         rx: setpoint_rx,
         current: None,
         heartbeat,
+        scan_rx,
+        executor: None,
+        run: 0,
+        last_scan: None,
+        updates: update_tx,
+        tag: Arc::new(AtomicU64::new(0)),
     };
     Ok((
         plant,
@@ -787,13 +1368,32 @@ pub fn attach<P: Plant>(
             stop,
             handle,
             dropped,
+            events_dropped,
+            frames_dropped,
             report,
+            frames: options.us.map(|_| frame_tx),
         },
     ))
 }
 
+/// A ROS 2 node on its own DDS participant in `domain_id`, for polling (no spinner runs, so no
+/// parameter services and no rosout).
+pub fn open_node(domain_id: u16, namespace: &str, name: &str) -> Result<Node, Ros2Error> {
+    let context = Context::with_options(ContextOptions::new().domain_id(domain_id))
+        .map_err(|e| Ros2Error::dds("DDS participant", e))?;
+    let name = NodeName::new(namespace, name).map_err(|e| Ros2Error::dds("node name", e))?;
+    context
+        .new_node(
+            name,
+            NodeOptions::new()
+                .enable_rosout(false)
+                .start_parameter_services(false),
+        )
+        .map_err(|e| Ros2Error::dds("node", e))
+}
+
 /// QoS of streams: best effort, volatile, the last `depth` samples.
-pub(crate) fn stream_qos(depth: usize) -> QosProfile {
+pub fn stream_qos(depth: usize) -> QosProfile {
     QosProfile::subscription_default()
         .reliability_best_effort()
         .durability(Durability::Volatile)
@@ -801,7 +1401,7 @@ pub(crate) fn stream_qos(depth: usize) -> QosProfile {
 }
 
 /// QoS of latched data: reliable, transient-local, the last sample.
-pub(crate) fn latched_qos() -> QosProfile {
+pub fn latched_qos() -> QosProfile {
     QosProfile::publisher_default()
         .reliability_reliable(WhenFull::DEFAULT)
         .durability(Durability::TransientLocal)
@@ -809,7 +1409,7 @@ pub(crate) fn latched_qos() -> QosProfile {
 }
 
 /// QoS of commands: reliable, volatile, the last 10.
-pub(crate) fn command_qos() -> QosProfile {
+pub fn command_qos() -> QosProfile {
     QosProfile::subscription_default()
         .reliability_reliable(WhenFull::DEFAULT)
         .durability(Durability::Volatile)
@@ -827,7 +1427,8 @@ fn topic_name(full: &str) -> Result<Name, Ros2Error> {
     Name::parse(full).map_err(|e| Ros2Error::dds(full, e))
 }
 
-pub(crate) fn publisher<M: RosMessage>(
+/// Creates a publisher of `M` on `topic` (ROS 2 name, e.g. `/probe/wrench`).
+pub fn publisher<M: RosMessage>(
     node: &mut Node,
     topic: &str,
     qos: QosProfile,
@@ -839,7 +1440,8 @@ pub(crate) fn publisher<M: RosMessage>(
         .map_err(|e| Ros2Error::dds(topic, e))
 }
 
-pub(crate) fn subscription<M: RosMessage + 'static>(
+/// Creates a subscription of `M` on `topic`.
+pub fn subscription<M: RosMessage + 'static>(
     node: &mut Node,
     topic: &str,
     qos: QosProfile,
@@ -860,25 +1462,39 @@ struct Endpoints {
     description: Publisher<StringMsg>,
     target_pose: Subscription<PoseStamped>,
     force_setpoint: Subscription<Float64>,
+    safety_events: Publisher<DiagnosticArray>,
+    scan: Option<ScanEndpoints>,
+    us: Option<UsEndpoints>,
     // Declared last, so dropped last: the endpoints leave the DDS participant before it closes.
     _node: Node,
 }
 
+struct ScanEndpoints {
+    status: Publisher<StringMsg>,
+    protocol: Publisher<StringMsg>,
+    start: TriggerServer,
+    stop: TriggerServer,
+}
+
+struct UsEndpoints {
+    image: Publisher<Image>,
+    spacing: Publisher<Vector3Stamped>,
+    pose: Publisher<PoseStamped>,
+    info: Publisher<StringMsg>,
+}
+
+/// QoS of the ultrasound stream: reliable (a perception node compounding the sweep needs every
+/// frame; best-effort viewers match it too), volatile, the last `depth`.
+pub fn frame_qos(depth: usize) -> QosProfile {
+    QosProfile::subscription_default()
+        .reliability_reliable(WhenFull::DEFAULT)
+        .durability(Durability::Volatile)
+        .history(History::KeepLast { depth })
+}
+
 impl Endpoints {
-    fn open(config: &Ros2Config) -> Result<Self, Ros2Error> {
-        let context = Context::with_options(ContextOptions::new().domain_id(config.domain_id))
-            .map_err(|e| Ros2Error::dds("DDS participant", e))?;
-        let name = NodeName::new(&config.namespace, &config.node_name)
-            .map_err(|e| Ros2Error::dds("node name", e))?;
-        // No spinner runs (the adapter polls), so no parameter services and no rosout.
-        let mut node = context
-            .new_node(
-                name,
-                NodeOptions::new()
-                    .enable_rosout(false)
-                    .start_parameter_services(false),
-            )
-            .map_err(|e| Ros2Error::dds("node", e))?;
+    fn open(config: &Ros2Config, scan: bool, us: bool) -> Result<Self, Ros2Error> {
+        let mut node = open_node(config.domain_id, &config.namespace, &config.node_name)?;
         Ok(Self {
             joint_states: publisher(&mut node, "/joint_states", stream_qos(10))?,
             wrench: publisher(&mut node, "/probe/wrench", stream_qos(100))?,
@@ -888,6 +1504,27 @@ impl Endpoints {
             description: publisher(&mut node, "/robot_description", latched_qos())?,
             target_pose: subscription(&mut node, "/probe/target_pose", command_qos())?,
             force_setpoint: subscription(&mut node, "/probe/force_setpoint", command_qos())?,
+            safety_events: publisher(&mut node, "/safety/events", frame_qos(100))?,
+            scan: if scan {
+                Some(ScanEndpoints {
+                    status: publisher(&mut node, "/scan/status", latched_qos())?,
+                    protocol: publisher(&mut node, "/scan/protocol", latched_qos())?,
+                    start: trigger_server(&mut node, "/scan/start", config.service_mapping)?,
+                    stop: trigger_server(&mut node, "/scan/stop", config.service_mapping)?,
+                })
+            } else {
+                None
+            },
+            us: if us {
+                Some(UsEndpoints {
+                    image: publisher(&mut node, "/us/image", frame_qos(30))?,
+                    spacing: publisher(&mut node, "/us/pixel_spacing", frame_qos(30))?,
+                    pose: publisher(&mut node, "/us/probe_pose", frame_qos(30))?,
+                    info: publisher(&mut node, "/us/frame_info", frame_qos(30))?,
+                })
+            } else {
+                None
+            },
             _node: node,
         })
     }
@@ -928,14 +1565,20 @@ struct Worker {
     validator: CommandValidator,
     samples: Receiver<StateSample>,
     setpoints: SyncSender<Setpoint>,
+    events: Receiver<SafetyEvent>,
+    scan_requests: SyncSender<ScanRequest>,
+    scan_updates: Receiver<ScanUpdate>,
+    frames: Receiver<UsFrame>,
+    scan: Option<ScanService>,
+    us: Option<UsGeometry>,
     heartbeat: Arc<Heartbeat>,
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<Ros2Report>>,
 }
 
 impl Worker {
-    fn run(self, ready: SyncSender<Result<(), Ros2Error>>) -> Ros2Report {
-        let ep = match Endpoints::open(&self.config) {
+    fn run(mut self, ready: SyncSender<Result<(), Ros2Error>>) -> Ros2Report {
+        let ep = match Endpoints::open(&self.config, self.scan.is_some(), self.us.is_some()) {
             Ok(ep) => ep,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -954,8 +1597,11 @@ impl Worker {
             state_gate: RateGate::new(self.config.state_rate_hz),
             stamp_origin_ns,
             latest: None,
+            latest_safety: SafetyState::Normal,
+            latest_time_s: 0.0,
             force_n: None,
             pose: None,
+            scan_status: None,
         };
         self.publish_latched(&ep, &mut state);
         tracing::info!(
@@ -986,6 +1632,9 @@ impl Worker {
                 }
             }
             self.take_commands(&ep, &mut state);
+            self.publish_events(&ep, &mut state);
+            self.take_scan(&ep, &mut state);
+            self.publish_frames(&ep, &mut state);
             if stopping || last_report.elapsed() > Duration::from_millis(100) {
                 last_report = Instant::now();
                 if let Ok(mut r) = self.report.lock() {
@@ -1019,12 +1668,20 @@ impl Worker {
 
     fn publish_latched(&self, ep: &Endpoints, state: &mut WorkerState) {
         let header = self.stamp(state, 0.0);
-        let transforms = self
+        let mut transforms: Vec<TransformStamped> = self
             .info
             .tf
             .static_transforms()
             .map(|(parent, child, t)| transform_stamped(&header, parent, child, &t))
             .collect();
+        if let Some(us) = &self.us {
+            transforms.push(transform_stamped(
+                &header,
+                frames::PROBE_TIP,
+                US_IMAGE_FRAME,
+                &us.t_probe_image(),
+            ));
+        }
         if let Err(e) = ep.tf_static.publish(TFMessage { transforms }) {
             state.report.publish_errors += 1;
             tracing::warn!("cannot publish /tf_static: {e:?}");
@@ -1036,10 +1693,281 @@ impl Worker {
             state.report.publish_errors += 1;
             tracing::warn!("cannot publish /robot_description: {e:?}");
         }
+        if let (Some(sep), Some(scan)) = (&ep.scan, &self.scan) {
+            let msg = StringMsg {
+                data: serde_json::to_string(&scan.protocol).unwrap_or_default(),
+            };
+            if let Err(e) = sep.protocol.publish(msg) {
+                state.report.publish_errors += 1;
+                tracing::warn!("cannot publish /scan/protocol: {e:?}");
+            }
+            let status = ScanStatus {
+                run: 0,
+                state: "none".into(),
+                protocol: scan.protocol.name.clone(),
+                sweep_index: 0,
+                sweep_name: None,
+                sweep_count: scan.protocol.sweeps.len(),
+                abort_cause: None,
+                time_s: 0.0,
+            };
+            self.publish_status(sep, state, status);
+        }
+    }
+
+    fn publish_status(&self, sep: &ScanEndpoints, state: &mut WorkerState, status: ScanStatus) {
+        let data = match serde_json::to_string(&status) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("cannot encode /scan/status: {e}");
+                return;
+            }
+        };
+        match sep.status.publish(StringMsg { data }) {
+            Ok(()) => state.report.scan_status_published += 1,
+            Err(e) => {
+                state.report.publish_errors += 1;
+                tracing::warn!("cannot publish /scan/status: {e:?}");
+            }
+        }
+        state.report.last_scan_status = Some(status.clone());
+        state.scan_status = Some(status);
+    }
+
+    fn publish_events(&self, ep: &Endpoints, state: &mut WorkerState) {
+        while let Ok(e) = self.events.try_recv() {
+            let header = self.stamp(state, e.time_s);
+            match ep.safety_events.publish(e.to_diagnostic(header)) {
+                Ok(()) => state.report.events_published += 1,
+                Err(err) => {
+                    state.report.publish_errors += 1;
+                    tracing::warn!("cannot publish /safety/events: {err:?}");
+                }
+            }
+        }
+    }
+
+    /// Answers `/scan/start` and `/scan/stop` and publishes the executor's changes.
+    fn take_scan(&mut self, ep: &Endpoints, state: &mut WorkerState) {
+        let Some(sep) = &ep.scan else {
+            return;
+        };
+        while let Ok(u) = self.scan_updates.try_recv() {
+            let Some(scan) = &self.scan else { break };
+            let status = ScanStatus {
+                run: u.run,
+                state: scan_state_name(u.progress.state).to_owned(),
+                protocol: scan.protocol.name.clone(),
+                sweep_index: u.progress.sweep_index,
+                sweep_name: scan
+                    .protocol
+                    .sweeps
+                    .get(u.progress.sweep_index)
+                    .map(|s| s.name.clone()),
+                sweep_count: u.progress.sweep_count,
+                abort_cause: u.abort.as_ref().map(abort_text),
+                time_s: u.time_s,
+            };
+            tracing::info!(run = u.run, state = %status.state, sweep = u.progress.sweep_index, "scan");
+            self.publish_status(sep, state, status);
+        }
+        loop {
+            let (id, _) = match sep.start.receive_request() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("unreadable /scan/start request: {e:?}");
+                    break;
+                }
+            };
+            let response = self.start_scan(state);
+            if !response.success {
+                state.report.service_refusals += 1;
+            }
+            tracing::info!(success = response.success, message = %response.message, "/scan/start");
+            if let Err(e) = sep.start.send_response(id, Wire(response)) {
+                tracing::warn!("cannot answer /scan/start: {e:?}");
+            }
+        }
+        loop {
+            let (id, _) = match sep.stop.receive_request() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("unreadable /scan/stop request: {e:?}");
+                    break;
+                }
+            };
+            let running = state
+                .scan_status
+                .as_ref()
+                .is_some_and(ScanStatus::is_running);
+            let response = if !running {
+                state.report.service_refusals += 1;
+                TriggerResponse {
+                    success: false,
+                    message: "no scan is running".into(),
+                }
+            } else if self.scan_requests.try_send(ScanRequest::Stop).is_err() {
+                state.report.service_refusals += 1;
+                TriggerResponse {
+                    success: false,
+                    message: "the control thread is not taking requests".into(),
+                }
+            } else {
+                state.report.scans_stopped += 1;
+                TriggerResponse {
+                    success: true,
+                    message: "stopping: the probe lifts off to the retract height".into(),
+                }
+            };
+            tracing::info!(success = response.success, message = %response.message, "/scan/stop");
+            if let Err(e) = sep.stop.send_response(id, Wire(response)) {
+                tracing::warn!("cannot answer /scan/stop: {e:?}");
+            }
+        }
+    }
+
+    fn start_scan(&mut self, state: &mut WorkerState) -> TriggerResponse {
+        let refuse = |message: String| TriggerResponse {
+            success: false,
+            message,
+        };
+        let Some(scan) = self.scan.as_mut() else {
+            return refuse("this node has no scan protocol".into());
+        };
+        if let Some(s) = state.scan_status.as_ref().filter(|s| s.is_running()) {
+            return refuse(format!(
+                "scan run {} is under way (state {}); stop it first",
+                s.run, s.state
+            ));
+        }
+        if state.latest.is_none() {
+            return refuse("the control loop has not reported yet".into());
+        }
+        if state.latest_safety != SafetyState::Normal {
+            return refuse(format!(
+                "the safety supervisor is in {:?}; clear it first",
+                state.latest_safety
+            ));
+        }
+        let executor = match (scan.make)() {
+            Ok(e) => e,
+            Err(e) => {
+                return refuse(format!(
+                    "cannot plan protocol `{}`: {e}",
+                    scan.protocol.name
+                ))
+            }
+        };
+        if self
+            .scan_requests
+            .try_send(ScanRequest::Start(Box::new(executor)))
+            .is_err()
+        {
+            return refuse("the control thread is not taking requests".into());
+        }
+        state.report.scans_started += 1;
+        let run = state.scan_status.as_ref().map_or(0, |s| s.run) + 1;
+        // Until the control thread reports, the run counts as started (a second start is refused).
+        let pending = ScanStatus {
+            run,
+            state: "idle".into(),
+            protocol: scan.protocol.name.clone(),
+            sweep_index: 0,
+            sweep_name: scan.protocol.sweeps.first().map(|s| s.name.clone()),
+            sweep_count: scan.protocol.sweeps.len(),
+            abort_cause: None,
+            time_s: state.latest_time_s,
+        };
+        let message = format!(
+            "started protocol `{}` (run {run}, {} sweeps)",
+            scan.protocol.name,
+            scan.protocol.sweeps.len()
+        );
+        state.scan_status = Some(pending);
+        TriggerResponse {
+            success: true,
+            message,
+        }
+    }
+
+    fn publish_frames(&self, ep: &Endpoints, state: &mut WorkerState) {
+        let (Some(uep), Some(geo)) = (&ep.us, &self.us) else {
+            return;
+        };
+        while let Ok(f) = self.frames.try_recv() {
+            let (w, h) = (geo.width as usize, geo.height as usize);
+            if f.pixels.len() != w * h || !f.t_base_probe.is_finite() {
+                state.report.images_dropped += 1;
+                tracing::warn!(
+                    len = f.pixels.len(),
+                    "ultrasound frame of the wrong size or with a non-finite pose; dropped"
+                );
+                continue;
+            }
+            let mut header = self.stamp(state, f.time_s);
+            let stamp_ns = header.stamp.as_nanos();
+            header.frame_id = US_IMAGE_FRAME.to_owned();
+            let info = FrameInfo {
+                stamp_ns,
+                time_s: f.time_s,
+                force_n: f.force_n,
+                force_setpoint_n: f.force_setpoint_n,
+                run: f.scan.run,
+                state: f.scan.state.map(|s| scan_state_name(s).to_owned()),
+                sweep_index: f.scan.sweep_index,
+            };
+            let base_header = Header {
+                stamp: header.stamp,
+                frame_id: self.info.base_frame.clone(),
+            };
+            let mut failed = 0;
+            let spacing = Vector3Stamped {
+                header: header.clone(),
+                vector: MsgVector3 {
+                    x: geo.pixel_spacing_m[0],
+                    y: geo.pixel_spacing_m[1],
+                    z: 0.0,
+                },
+            };
+            // Companions first, so a subscriber holding the image has its pose and context.
+            failed += u64::from(uep.spacing.publish(spacing).is_err());
+            failed += u64::from(
+                uep.pose
+                    .publish(PoseStamped {
+                        header: base_header,
+                        pose: pose_msg(&f.t_base_probe),
+                    })
+                    .is_err(),
+            );
+            if let Ok(data) = serde_json::to_string(&info) {
+                failed += u64::from(uep.info.publish(StringMsg { data }).is_err());
+            }
+            let image = Image {
+                header,
+                height: geo.height,
+                width: geo.width,
+                encoding: "mono8".into(),
+                is_bigendian: 0,
+                step: geo.width,
+                data: f.pixels,
+            };
+            match uep.image.publish(image) {
+                Ok(()) => state.report.images_published += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!("cannot publish /us/image: {e:?}");
+                }
+            }
+            state.report.publish_errors += failed;
+        }
     }
 
     fn publish_sample(&self, ep: &Endpoints, state: &mut WorkerState, s: &StateSample) {
         state.latest = Some(s.t_base_probe);
+        state.latest_safety = s.safety;
+        state.latest_time_s = s.time_s;
         let mut failed = 0;
         if let Some((force, torque)) = s.wrench_sensor {
             if state.wrench_gate.due(s.time_s) {
@@ -1114,7 +2042,15 @@ impl Worker {
         loop {
             match ep.target_pose.take() {
                 Ok(Some((msg, _))) => {
-                    let result = self.validator.pose(&msg);
+                    let mut result = self.validator.pose(&msg);
+                    if result.is_ok()
+                        && state
+                            .scan_status
+                            .as_ref()
+                            .is_some_and(ScanStatus::is_running)
+                    {
+                        result = Err(Rejection::ScanRunning);
+                    }
                     state.report.last_target_pose = Some(msg);
                     match result {
                         Ok(t) => {
@@ -1182,6 +2118,12 @@ struct WorkerState {
     stamp_origin_ns: u64,
     /// The newest measured tip pose.
     latest: Option<Transform>,
+    /// The supervisor's state in the newest sample.
+    latest_safety: SafetyState,
+    /// Plant time of the newest sample, s.
+    latest_time_s: f64,
+    /// The last scan status published (or the pending start).
+    scan_status: Option<ScanStatus>,
     /// The held force setpoint (None: free space).
     force_n: Option<f64>,
     /// The held target pose.
@@ -1209,7 +2151,8 @@ pub fn pose_msg(t: &Transform) -> Pose {
     }
 }
 
-fn transform_stamped(
+/// A `geometry_msgs/TransformStamped` from `parent` to `child` with `header`'s stamp.
+pub fn transform_stamped(
     header: &Header,
     parent: &str,
     child: &str,

@@ -31,6 +31,7 @@
 //! (so its reference never jumps; its watchdogs see the true time from the plant). The number
 //! of stall events and the longest overrun are reported separately from the misses.
 //!
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -355,6 +356,11 @@ pub struct RtConfig {
     /// wake-up land on the deadline at the cost of that much CPU per cycle — the usual trade of a
     /// 1 kHz control thread.
     pub spin_window: Duration,
+    /// Time the controller and the plant advance per period (`None`: one period, real time).
+    /// Only a simulated plant may be given more than the period: it then runs faster than real
+    /// time by the ratio (`telecho node control --sim --real-time-factor`), the controller
+    /// keeping its nominal step. Hardware must leave this `None`.
+    pub sim_dt: Option<Duration>,
 }
 
 impl Default for RtConfig {
@@ -364,6 +370,7 @@ impl Default for RtConfig {
             lock_memory: false,
             cpu: None,
             spin_window: Duration::from_micros(400),
+            sim_dt: None,
         }
     }
 }
@@ -384,6 +391,9 @@ impl RtConfig {
             check("rt fifo_priority", f64::from(p), 1.0, 99.0)?;
         }
         check("rt spin_window_s", self.spin_window.as_secs_f64(), 0.0, 1.0)?;
+        if let Some(dt) = self.sim_dt {
+            check("rt sim_dt_s", dt.as_secs_f64(), 1e-6, 0.1)?;
+        }
         Ok(())
     }
 }
@@ -488,12 +498,30 @@ where
 /// stalls (see the module documentation); join the handle for the plant, controller, source and
 /// [`LoopStats`]. An invalid `rt` or a zero period is an `InvalidInput` error.
 pub fn spawn_realtime_with<P, S>(
+    plant: P,
+    controller: ProbeController,
+    source: S,
+    period: Duration,
+    deadlines: u64,
+    rt: RtConfig,
+) -> std::io::Result<JoinHandle<RtRun<P, S>>>
+where
+    P: Plant + Send + 'static,
+    S: TargetSource + Send + 'static,
+{
+    spawn_realtime_until(plant, controller, source, period, deadlines, rt, None)
+}
+
+/// [`spawn_realtime_with`] that also ends, after the cycle under way, once `stop` is set (a
+/// node's SIGTERM handler, a test). The flag is read once per cycle (one relaxed load).
+pub fn spawn_realtime_until<P, S>(
     mut plant: P,
     mut controller: ProbeController,
     mut source: S,
     period: Duration,
     deadlines: u64,
     rt: RtConfig,
+    stop: Option<&'static AtomicBool>,
 ) -> std::io::Result<JoinHandle<RtRun<P, S>>>
 where
     P: Plant + Send + 'static,
@@ -513,9 +541,9 @@ where
             let mut compute = Histogram::new();
             let mut jitter = Histogram::new();
             let mut schedule = Schedule::new(period, deadlines);
-            let dt = period.as_secs_f64();
+            let dt = rt.sim_dt.unwrap_or(period).as_secs_f64();
             let start = Instant::now();
-            while !schedule.done() {
+            while !schedule.done() && !stop.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 let deadline = start + schedule.start();
                 wait_until(deadline, rt.spin_window);
                 let woke = Instant::now();

@@ -32,6 +32,7 @@
 //! controller's output carries, and logged with `tracing` when it is raised.
 
 use nalgebra::{Matrix6xX, Vector3};
+use telecho_core::ros_msgs::{DiagnosticArray, DiagnosticStatus, Header, KeyValue};
 
 use crate::error::check_config as check;
 use crate::ft_compensation::FtSample;
@@ -413,6 +414,37 @@ impl SafetyEvent {
         value: 0.0,
         limit: 0.0,
     };
+
+    /// The event as ROS 2 publishes and records it on `/safety/events`: one
+    /// `diagnostic_msgs/DiagnosticStatus` named `telecho/safety` (level OK for information, WARN
+    /// for a limit, ERROR for a stop; `message` the kind's name; `value` and `limit` as key/value
+    /// pairs) in a `DiagnosticArray` with `header`.
+    pub fn to_diagnostic(&self, header: Header) -> DiagnosticArray {
+        let level = match self.kind.severity() {
+            Severity::Info => DiagnosticStatus::OK,
+            Severity::Limit => DiagnosticStatus::WARN,
+            Severity::Stop => DiagnosticStatus::ERROR,
+        };
+        DiagnosticArray {
+            header,
+            status: vec![DiagnosticStatus {
+                level,
+                name: "telecho/safety".to_owned(),
+                message: self.kind.name().to_owned(),
+                hardware_id: "control".to_owned(),
+                values: vec![
+                    KeyValue {
+                        key: "value".to_owned(),
+                        value: format!("{}", self.value),
+                    },
+                    KeyValue {
+                        key: "limit".to_owned(),
+                        value: format!("{}", self.limit),
+                    },
+                ],
+            }],
+        }
+    }
 }
 
 /// The events of one cycle: a fixed-capacity list (no allocation).

@@ -194,3 +194,67 @@ fn safety_event_mid_sweep_aborts_to_retract_then_aborted() {
     );
     assert!(r.max_force_n < 20.0);
 }
+
+/// `/scan/stop` mid-sweep: the executor lifts the probe straight off (no safety event, the force
+/// ramps down through the controller) and ends in Aborted with the cause `Stopped`.
+#[test]
+fn stop_request_mid_sweep_lifts_off_and_ends_aborted() {
+    let protocol = ScanProtocol::default_lumbar();
+    let (mut plant, _) = world_for_seed(2);
+    let config = controller_config();
+    let start = start_pose(&plant, 2);
+    let mut exec =
+        ScanExecutor::new(&protocol, &start, &config.safety, ExecutorConfig::default()).unwrap();
+    let mut ctl = ProbeController::from_urdf_str(&urdf_text("ur5e_probe.urdf"), config).unwrap();
+    let mut out = ctl.new_output();
+    let mut stopped_at = None;
+    let mut events = Vec::new();
+    let mut max_force: f64 = 0.0;
+    let mut force_at_stop = 0.0;
+    let mut t = 0.0;
+    while t < 300.0 && !exec.is_finished() {
+        run_simulated(
+            &mut plant,
+            &mut ctl,
+            &mut exec,
+            &mut out,
+            DT,
+            1,
+            |p, out| {
+                max_force = max_force.max(p.ground_truth().contact_force_base_n.norm());
+                events.extend(out.events.as_slice().iter().map(|e| e.kind));
+                true
+            },
+        );
+        t = plant.time_s();
+        let p = exec.progress();
+        if stopped_at.is_none() && p.state == ScanState::Sweep && p.sweep_fraction > 0.3 {
+            force_at_stop = plant.ground_truth().contact_force_base_n.norm();
+            exec.stop(t, &out);
+            stopped_at = Some(t);
+            assert_eq!(exec.state(), ScanState::Retract);
+        }
+    }
+    let stopped_at = stopped_at.expect("the scan reached its first sweep");
+    let gt = plant.ground_truth();
+    println!(
+        "stopped at {stopped_at:.2} s with {force_at_stop:.2} N; ended {:?} at {t:.2} s, force \
+         now {:.3} N, max {max_force:.2} N, events {events:?}",
+        exec.state(),
+        gt.contact_force_base_n.norm()
+    );
+    assert!(force_at_stop > 5.0, "it was pressing when stopped");
+    assert_eq!(exec.state(), ScanState::Aborted);
+    assert_eq!(exec.abort_cause(), Some(AbortCause::Stopped));
+    assert!(
+        t - stopped_at < 15.0,
+        "retract took {:.1} s",
+        t - stopped_at
+    );
+    assert_eq!(gt.contact_force_base_n.norm(), 0.0, "off the skin");
+    assert!(events.is_empty(), "{events:?}");
+    assert!(max_force < 20.0);
+    // A second stop changes nothing.
+    exec.stop(t, &out);
+    assert_eq!(exec.abort_cause(), Some(AbortCause::Stopped));
+}

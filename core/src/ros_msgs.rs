@@ -286,6 +286,21 @@ ros_message!(
     []
 );
 
+/// `geometry_msgs/msg/Vector3Stamped` (`/us/pixel_spacing`: x = column spacing, y = row
+/// spacing, m).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vector3Stamped {
+    pub header: Header,
+    pub vector: Vector3,
+}
+ros_message!(
+    Vector3Stamped,
+    VECTOR3_STAMPED_DEF,
+    "geometry_msgs/msg/Vector3Stamped",
+    "std_msgs/Header header\ngeometry_msgs/Vector3 vector\n",
+    [HEADER_DEF, VECTOR3_DEF]
+);
+
 /// `geometry_msgs/msg/Point`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Point {
@@ -724,6 +739,29 @@ ros_message!(
     [HEADER_DEF, DIAGNOSTIC_STATUS_DEF]
 );
 
+// ---------------------------------------------------------------------------------------------
+// std_srvs: the services telecho offers (`/scan/start`, `/scan/stop`, `/perception/register`).
+
+/// `std_srvs/srv/Trigger` request. The service has no request fields; ROS 2's IDL gives an empty
+/// structure one `uint8` member so that it has a wire form (rosidl's
+/// `structure_needs_at_least_one_member`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRequest {
+    pub structure_needs_at_least_one_member: u8,
+}
+
+/// `std_srvs/srv/Trigger` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerResponse {
+    /// The request was carried out.
+    pub success: bool,
+    /// What happened, or why not.
+    pub message: String,
+}
+
+/// ROS 2 service type names (`pkg`, `Name`) of the services above.
+pub const TRIGGER_SERVICE: (&str, &str) = ("std_srvs", "Trigger");
+
 #[cfg(test)]
 mod string_msg_tests {
     use super::*;
@@ -736,5 +774,30 @@ mod string_msg_tests {
         assert_eq!(from_cdr::<StringMsg>(&bytes).unwrap().data, "ab");
         assert_eq!(StringMsg::TYPE_NAME, "std_msgs/msg/String");
         assert_eq!(StringMsg::schema_text(), "string data\n");
+    }
+
+    #[test]
+    fn trigger_messages_have_the_rosidl_wire_form() {
+        // The empty request is one uint8; the response a bool and a string.
+        let req: Vec<u8> =
+            cdr_encoding::to_vec::<_, LittleEndian>(&TriggerRequest::default()).unwrap();
+        assert_eq!(req, [0]);
+        let resp = TriggerResponse {
+            success: true,
+            message: "ok".into(),
+        };
+        let bytes: Vec<u8> = cdr_encoding::to_vec::<_, LittleEndian>(&resp).unwrap();
+        // bool, 3 bytes of padding to the string length, length 3, "ok\0".
+        assert_eq!(bytes, [1, 0, 0, 0, 3, 0, 0, 0, b'o', b'k', 0]);
+        let (back, _) = cdr_encoding::from_bytes::<TriggerResponse, LittleEndian>(&bytes).unwrap();
+        assert_eq!(back, resp);
+    }
+
+    #[test]
+    fn vector3_stamped_schema_names_its_dependencies() {
+        let s = Vector3Stamped::schema_text();
+        assert!(s.starts_with("std_msgs/Header header\ngeometry_msgs/Vector3 vector\n"));
+        assert!(s.contains("MSG: geometry_msgs/Vector3\n"));
+        assert!(s.contains("MSG: std_msgs/Header\n"));
     }
 }

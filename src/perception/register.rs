@@ -236,11 +236,11 @@ struct TreOut {
 }
 
 #[derive(Debug, Serialize)]
-struct LandmarkOut {
-    name: String,
-    xyz: [f64; 3],
-    confidence: f64,
-    uncertainty_mm: f64,
+pub(crate) struct LandmarkOut {
+    pub(crate) name: String,
+    pub(crate) xyz: [f64; 3],
+    pub(crate) confidence: f64,
+    pub(crate) uncertainty_mm: f64,
     xyz_vertebra: [f64; 3],
 }
 
@@ -263,13 +263,14 @@ struct BreathingOut {
     applied: bool,
 }
 
+/// The registration as `perception register --json` prints it.
 #[derive(Debug, Serialize)]
-struct RegisterOut {
-    t_base_ct: [[f64; 4]; 4],
-    rmse_mm: f64,
-    uncertainty_mm: f64,
-    runtime_s: f64,
-    landmarks: Vec<LandmarkOut>,
+pub(crate) struct RegisterOut {
+    pub(crate) t_base_ct: [[f64; 4]; 4],
+    pub(crate) rmse_mm: f64,
+    pub(crate) uncertainty_mm: f64,
+    pub(crate) runtime_s: f64,
+    pub(crate) landmarks: Vec<LandmarkOut>,
     landmarks_source: &'static str,
     levels: Vec<LevelOut>,
     levels_seen: usize,
@@ -284,9 +285,71 @@ struct RegisterOut {
     starts_tried: usize,
     breathing: Option<BreathingOut>,
     detector: &'static str,
-    timing: Timing,
+    pub(crate) timing: Timing,
     #[serde(skip_serializing_if = "Option::is_none")]
     tre_mm: Option<TreOut>,
+}
+
+/// The printed form of a registration that was not refused (no TRE).
+pub(crate) fn register_out(
+    outcome: &Outcome,
+    timing: Timing,
+    landmarks_source: &'static str,
+) -> RegisterOut {
+    let reg = &outcome.registration;
+    RegisterOut {
+        t_base_ct: reg.t_base_ct.to_rows(),
+        rmse_mm: reg.rmse_mm,
+        uncertainty_mm: reg.uncertainty_mm,
+        runtime_s: outcome.compound_s + outcome.register_s,
+        landmarks: reg
+            .landmarks
+            .iter()
+            .map(|l| {
+                let g = reg.t_base_ct.transform_point(&l.xyz_ct);
+                LandmarkOut {
+                    name: l.name.clone(),
+                    xyz: [g.x, g.y, g.z],
+                    confidence: l.confidence,
+                    uncertainty_mm: l.uncertainty_mm,
+                    xyz_vertebra: [l.xyz.x, l.xyz.y, l.xyz.z],
+                }
+            })
+            .collect(),
+        landmarks_source,
+        levels: reg
+            .levels
+            .iter()
+            .map(|l| LevelOut {
+                name: l.name.clone(),
+                points: l.points,
+                rmse_mm: l.rmse_mm,
+                shift_mm: l.shift_mm,
+                rotation_deg: l.rotation_deg,
+                t_base_ct: l.t_base_ct.to_rows(),
+            })
+            .collect(),
+        levels_seen: reg.levels_seen,
+        level_ambiguity: reg.level_ambiguity,
+        cost: reg.cost,
+        alternative_cost: reg.alternative_cost,
+        inlier_fraction: reg.inlier_fraction,
+        points_used: reg.points_used,
+        samples: reg.samples,
+        frames_used: reg.frames_used,
+        frames_in_sweep: outcome.compounded.frames_in_sweep,
+        starts_tried: reg.starts_tried,
+        breathing: reg.breathing.map(|b| BreathingOut {
+            amplitude_mm: b.amplitude_mm,
+            frequency_hz: b.frequency_hz,
+            explained: b.explained,
+            frames: b.frames,
+            applied: b.applied,
+        }),
+        detector: outcome.compounded.detector,
+        timing,
+        tre_mm: None,
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -434,59 +497,8 @@ pub(crate) fn run(args: &RegisterArgs) -> CliResult {
             landmarks_source: source,
         }
     });
-    let out = RegisterOut {
-        t_base_ct: reg.t_base_ct.to_rows(),
-        rmse_mm: reg.rmse_mm,
-        uncertainty_mm: reg.uncertainty_mm,
-        runtime_s: outcome.compound_s + outcome.register_s,
-        landmarks: reg
-            .landmarks
-            .iter()
-            .map(|l| {
-                let g = reg.t_base_ct.transform_point(&l.xyz_ct);
-                LandmarkOut {
-                    name: l.name.clone(),
-                    xyz: [g.x, g.y, g.z],
-                    confidence: l.confidence,
-                    uncertainty_mm: l.uncertainty_mm,
-                    xyz_vertebra: [l.xyz.x, l.xyz.y, l.xyz.z],
-                }
-            })
-            .collect(),
-        landmarks_source,
-        levels: reg
-            .levels
-            .iter()
-            .map(|l| LevelOut {
-                name: l.name.clone(),
-                points: l.points,
-                rmse_mm: l.rmse_mm,
-                shift_mm: l.shift_mm,
-                rotation_deg: l.rotation_deg,
-                t_base_ct: l.t_base_ct.to_rows(),
-            })
-            .collect(),
-        levels_seen: reg.levels_seen,
-        level_ambiguity: reg.level_ambiguity,
-        cost: reg.cost,
-        alternative_cost: reg.alternative_cost,
-        inlier_fraction: reg.inlier_fraction,
-        points_used: reg.points_used,
-        samples: reg.samples,
-        frames_used: reg.frames_used,
-        frames_in_sweep: outcome.compounded.frames_in_sweep,
-        starts_tried: reg.starts_tried,
-        breathing: reg.breathing.map(|b| BreathingOut {
-            amplitude_mm: b.amplitude_mm,
-            frequency_hz: b.frequency_hz,
-            explained: b.explained,
-            frames: b.frames,
-            applied: b.applied,
-        }),
-        detector: outcome.compounded.detector,
-        timing,
-        tre_mm: tre,
-    };
+    let mut out = register_out(&outcome, timing, landmarks_source);
+    out.tre_mm = tre;
     if args.json {
         println!("{}", serde_json::to_string(&out).map_err(CliError::failed)?);
     } else {

@@ -1,0 +1,523 @@
+//! `telecho node`: run one telecho node as its own process, talking ROS 2 over DDS.
+//!
+//! `telecho node control --sim` runs the control node (controller + safety supervisor) on the
+//! simulated arm and patient of `--sim-seed`, in real time at 1 kHz on its own thread, with the
+//! ROS 2 adapter of `telecho_control::ros2` (topics and QoS listed there). `--ros2` is implied:
+//! the binary is built with the `ros2` feature of `telecho-control` (on by default). The domain
+//! is `--domain-id`, else `ROS_DOMAIN_ID`, else 0. Without `--duration-s` the node runs until
+//! killed. At the end it prints a summary (one JSON object with `--json`): loop timing, what the
+//! adapter published, accepted and rejected, and the final probe pose.
+//!
+//! With `--sim` the node also runs the autonomous scan on request — services `/scan/start` and
+//! `/scan/stop` (`std_srvs/srv/Trigger`), progress on `/scan/status`, the protocol on
+//! `/scan/protocol` — and streams the simulated ultrasound at the probe's pose: `/us/image`
+//! (`sensor_msgs/Image` mono8, frame `us_image`), `/us/pixel_spacing`
+//! (`geometry_msgs/Vector3Stamped`: x column, y row spacing, m), `/us/probe_pose` (the measured
+//! tip pose at acquisition) and `/us/frame_info` (force and scan state, JSON), all four with the
+//! same stamp; `probe_tip` → `us_image` is on `/tf_static`. Supervisor events go to
+//! `/safety/events` (`diagnostic_msgs/DiagnosticArray`). `--real-time-factor F` runs the
+//! simulator F times faster than real time (tests, demos).
+//!
+//! `telecho node perception` (in [`perception`]) collects that stream into a tracked sweep and
+//! registers the patient's CBCT to it on `/perception/register`.
+//!
+//! Exit codes: 0 the run ended; 1 DDS or the control thread failed; 2 bad arguments.
+
+mod perception;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use telecho_control::ros2::{
+    self, AttachOptions, FrameSender, ProbeDescription, ProtocolInfo, Ros2Config, Ros2Report,
+    RosPlant, ScanService, ScanTag, ScanTagReader, SweepDescription, UsFrame, UsGeometry,
+};
+use telecho_control::rt_loop::Plant;
+use telecho_control::{
+    spawn_realtime_until, ControlOutput, ControllerConfig, ExecutorConfig, FtSample,
+    ProbeController, ProbeOrientation, RtConfig, SafetyConfig, ScanExecutor, ScanProtocol,
+};
+use telecho_core::Transform;
+use telecho_sim::plant::{operator_start_pose, patient_workspace, seeded_stiffness_n_per_mm};
+use telecho_sim::{Phantom, SimWorld, UltrasoundSim, UsParams};
+
+use crate::cli_error::CliError;
+use crate::sim::{world_config, Arm};
+use crate::CliResult;
+
+/// Control period (1 kHz).
+const PERIOD: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// The control node on the simulator with its ROS 2 adapter: publishes /joint_states,
+    /// /probe/wrench, /probe/pose, /tf, /tf_static, /robot_description; takes
+    /// /probe/target_pose and /probe/force_setpoint through the safety supervisor.
+    Control(ControlArgs),
+    /// The perception node: collects /us/image, /us/probe_pose and /us/frame_info of a scan
+    /// into a tracked sweep and, on /perception/register (or when the scan is done, with
+    /// --register-when-done), registers the CBCT to it; publishes /perception/landmarks,
+    /// /perception/registration and base → ct on /tf_static.
+    Perception(perception::PerceptionArgs),
+    /// Calls a std_srvs/srv/Trigger service of a running node (/scan/start, /scan/stop,
+    /// /perception/register) and prints the answer; exits 1 when the answer is `success: false`.
+    Call(CallArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CallArgs {
+    /// The service, e.g. /scan/start.
+    service: String,
+    /// DDS domain (default: ROS_DOMAIN_ID, else 0).
+    #[arg(long, value_name = "ID")]
+    domain_id: Option<u16>,
+    /// How long to wait for the answer, s.
+    #[arg(long, default_value_t = 30.0)]
+    timeout_s: f64,
+    /// Print the answer as one JSON object (`success`, `message`).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `node call`: one Trigger request, one answer.
+fn call(args: &CallArgs) -> CliResult {
+    if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
+        return Err(CliError::input(anyhow!(
+            "--timeout-s {} must be a positive number of seconds",
+            args.timeout_s
+        )));
+    }
+    let domain_id = match args.domain_id {
+        Some(d) => d,
+        None => Ros2Config::domain_from_env().map_err(CliError::input)?,
+    };
+    let mut node = ros2::open_node(domain_id, "/", "telecho_call").map_err(CliError::failed)?;
+    let client = ros2::trigger_client(
+        &mut node,
+        &args.service,
+        Ros2Config::default().service_mapping,
+    )
+    .map_err(CliError::input)?;
+    let answer = ros2::call_trigger(&client, Duration::from_secs_f64(args.timeout_s))
+        .map_err(|e| CliError::failed(anyhow!("{}: {e}", args.service)))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"success": answer.success, "message": answer.message})
+        );
+    } else {
+        println!(
+            "{}: {}",
+            if answer.success { "ok" } else { "refused" },
+            answer.message
+        );
+    }
+    if answer.success {
+        Ok(())
+    } else {
+        Err(CliError::failed(anyhow!(
+            "{} refused: {}",
+            args.service,
+            answer.message
+        )))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ControlArgs {
+    /// Run on the built-in simulator (required today: no hardware driver yet).
+    #[arg(long)]
+    sim: bool,
+    /// Expose the node over ROS 2 (implied: always on in builds with the `ros2` feature).
+    #[arg(long)]
+    ros2: bool,
+    /// Simulated patient and arm noise seed (as `telecho scan --sim-seed`).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    sim_seed: u64,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long, value_name = "S")]
+    duration_s: Option<f64>,
+    /// Which bundled arm holds the probe.
+    #[arg(long, value_enum, default_value_t = Arm::Ur5e)]
+    arm: Arm,
+    /// DDS domain (default: ROS_DOMAIN_ID, else 0).
+    #[arg(long, value_name = "ID")]
+    domain_id: Option<u16>,
+    /// Rate of /probe/wrench, Hz (1000 = every control cycle).
+    #[arg(long, default_value_t = 1000.0)]
+    wrench_rate_hz: f64,
+    /// Rate of /joint_states, /tf and /probe/pose, Hz.
+    #[arg(long, default_value_t = 100.0)]
+    state_rate_hz: f64,
+    /// Scan protocol TOML that /scan/start runs (default: the built-in lumbar protocol).
+    #[arg(long, value_name = "FILE")]
+    protocol: Option<PathBuf>,
+    /// Ultrasound frames per second of simulated time on /us/image (0: none; 25 = the
+    /// `telecho scan` default).
+    #[arg(long, default_value_t = 25.0)]
+    us_rate_hz: f64,
+    /// Simulator only: run this many times faster than real time (1–10).
+    #[arg(long, default_value_t = 1.0)]
+    real_time_factor: f64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `node control` prints at the end.
+#[derive(Debug, Serialize)]
+struct Summary {
+    arm: &'static str,
+    seed: u64,
+    domain_id: u16,
+    duration_s: f64,
+    cycles: u64,
+    deadline_misses: u64,
+    compute_median_us: f64,
+    jitter_p99_us: f64,
+    safety_state: String,
+    probe_position_m: [f64; 3],
+    /// Largest difference between the adapter's and the controller's F/T bias, N.
+    ft_bias_mismatch_n: f64,
+    real_time_factor: f64,
+    /// Ultrasound frames rendered (published: `ros2.images_published`).
+    frames_rendered: u64,
+    /// State of the last scan run at the end (`null`: none ran).
+    scan_state: Option<&'static str>,
+    scan_abort_cause: Option<String>,
+    ros2: Ros2Report,
+}
+
+pub(crate) fn run(command: &NodeCommand) -> CliResult {
+    match command {
+        NodeCommand::Control(args) => control(args),
+        NodeCommand::Perception(args) => perception::run(args),
+        NodeCommand::Call(args) => call(args),
+    }
+}
+
+/// The protocol as `/scan/protocol` publishes it.
+fn protocol_info(protocol: &ScanProtocol, arm: Arm, seed: u64, us: &UsParams) -> ProtocolInfo {
+    ProtocolInfo {
+        name: protocol.name.clone(),
+        arm: crate::scan::arm_name(arm).to_owned(),
+        urdf: arm.bundled().0.to_owned(),
+        seed,
+        probe: ProbeDescription {
+            frequency_hz: us.frequency_hz,
+            aperture_m: us.aperture_m,
+            depth_m: us.depth_m,
+            slice_thickness_m: us.slice_thickness_m,
+        },
+        sweeps: protocol
+            .sweeps
+            .iter()
+            .map(|s| SweepDescription {
+                name: s.name.clone(),
+                orientation: match s.orientation {
+                    ProbeOrientation::Sagittal => "sagittal",
+                    ProbeOrientation::Transverse => "transverse",
+                }
+                .to_owned(),
+                force_n: s.force_n,
+                speed_m_s: s.speed_m_s,
+                tilt_deg: s.tilt_rad.to_degrees(),
+            })
+            .collect(),
+    }
+}
+
+/// What the control thread hands the render thread for one frame.
+#[derive(Clone, Copy, Debug)]
+struct FrameJob {
+    time_s: f64,
+    t_ct_probe: Transform,
+    t_base_probe: Transform,
+    force_n: f64,
+    force_setpoint_n: f64,
+    scan: ScanTag,
+}
+
+/// The simulator's ultrasound tap: every `period_s` of simulated time it hands the true probe
+/// pose in the CT (where the simulated probe images) and what the controller measured to the
+/// render thread, without blocking (a busy renderer skips frames). Rendering never runs on the
+/// control thread.
+struct UsTap {
+    inner: RosPlant<SimWorld>,
+    period_s: f64,
+    next_s: f64,
+    jobs: mpsc::SyncSender<FrameJob>,
+    tag: ScanTagReader,
+}
+
+impl Plant for UsTap {
+    fn read(&mut self, q: &mut [f64], qd: &mut [f64]) -> (f64, FtSample) {
+        self.inner.read(q, qd)
+    }
+
+    fn write(&mut self, out: &ControlOutput) {
+        self.inner.write(out);
+        let world = self.inner.inner();
+        let t = world.time_s();
+        if t + 1e-9 < self.next_s {
+            return;
+        }
+        self.next_s = if self.next_s + self.period_s > t {
+            self.next_s + self.period_s
+        } else {
+            t + self.period_s
+        };
+        let _ = self.jobs.try_send(FrameJob {
+            time_s: t,
+            t_ct_probe: world.t_ct_probe(),
+            t_base_probe: out.t_base_probe,
+            force_n: out.force_n,
+            force_setpoint_n: out.force_setpoint_n,
+            scan: self.tag.get(),
+        });
+    }
+
+    fn advance(&mut self, dt: f64) {
+        self.inner.advance(dt);
+    }
+}
+
+/// Renders the frames the tap asks for and hands them to the adapter; ends when the tap is
+/// dropped. Returns the number of frames rendered.
+fn render_frames(
+    mut us: UltrasoundSim,
+    jobs: mpsc::Receiver<FrameJob>,
+    sender: FrameSender,
+) -> anyhow::Result<u64> {
+    let mut frame = us.new_frame();
+    let mut n = 0;
+    while let Ok(job) = jobs.recv() {
+        us.render(&job.t_ct_probe, &mut frame)?;
+        sender.send(UsFrame {
+            time_s: job.time_s,
+            pixels: frame.pixels.clone(),
+            t_base_probe: job.t_base_probe,
+            force_n: job.force_n,
+            force_setpoint_n: job.force_setpoint_n,
+            scan: job.scan,
+        });
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn control(args: &ControlArgs) -> CliResult {
+    if !args.sim {
+        return Err(CliError::input(anyhow!(
+            "node control needs --sim: there is no hardware driver yet"
+        )));
+    }
+    let _ = args.ros2; // Implied: the adapter always runs.
+    let deadlines = match args.duration_s {
+        None => u64::MAX,
+        Some(s) if s.is_finite() && s > 0.0 => (s / PERIOD.as_secs_f64()).round() as u64,
+        Some(s) => {
+            return Err(CliError::input(anyhow!(
+                "--duration-s {s} must be a positive number of seconds"
+            )))
+        }
+    };
+    let domain_id = match args.domain_id {
+        Some(d) => d,
+        None => Ros2Config::domain_from_env().map_err(CliError::input)?,
+    };
+    let config = Ros2Config {
+        domain_id,
+        wrench_rate_hz: args.wrench_rate_hz,
+        state_rate_hz: args.state_rate_hz,
+        ..Ros2Config::default()
+    };
+    if !(args.real_time_factor.is_finite() && (1.0..=10.0).contains(&args.real_time_factor)) {
+        return Err(CliError::input(anyhow!(
+            "--real-time-factor {} must be within 1–10",
+            args.real_time_factor
+        )));
+    }
+    if !(args.us_rate_hz.is_finite() && (0.0..=100.0).contains(&args.us_rate_hz)) {
+        return Err(CliError::input(anyhow!(
+            "--us-rate-hz {} must be within 0–100",
+            args.us_rate_hz
+        )));
+    }
+    let protocol = crate::scan::load_protocol(args.protocol.as_deref())?;
+
+    let mut wc = world_config(args.arm, args.sim_seed);
+    wc.contact.stiffness_n_per_mm = seeded_stiffness_n_per_mm(args.sim_seed);
+    let world = SimWorld::new(&wc).map_err(CliError::failed)?;
+    let (workspace_min_m, workspace_max_m) = patient_workspace(&world.nominal_t_base_ct());
+    let controller_config = ControllerConfig {
+        safety: SafetyConfig {
+            workspace_min_m,
+            workspace_max_m,
+            ..SafetyConfig::default()
+        },
+        force_ramp_s: protocol.force_ramp_s,
+        ..ControllerConfig::default()
+    };
+    // The scan service: the operator's palpated start pose on this patient, planned afresh for
+    // every /scan/start. A protocol that leaves the workspace is refused here, before anything
+    // runs.
+    let start = operator_start_pose(&world, args.sim_seed);
+    let safety = controller_config.safety;
+    ScanExecutor::new(&protocol, &start, &safety, ExecutorConfig::default())
+        .map_err(|e| CliError::input(anyhow!("protocol `{}`: {e}", protocol.name)))?;
+    let us_params = UsParams::default();
+    let info = protocol_info(&protocol, args.arm, args.sim_seed, &us_params);
+    let plan = protocol.clone();
+    let scan = ScanService {
+        make: Box::new(move || {
+            ScanExecutor::new(&plan, &start, &safety, ExecutorConfig::default())
+                .map_err(|e| e.to_string())
+        }),
+        protocol: info,
+    };
+    let us = UltrasoundSim::new(Phantom::generate(args.sim_seed), us_params, args.sim_seed)
+        .map_err(CliError::failed)?;
+    let f = us.new_frame();
+    let geometry = UsGeometry {
+        width: u32::try_from(f.width).map_err(CliError::failed)?,
+        height: u32::try_from(f.height).map_err(CliError::failed)?,
+        pixel_spacing_m: [f.lateral_spacing_m, f.axial_spacing_m],
+    };
+    let (_, xml) = args.arm.bundled();
+    let controller =
+        ProbeController::from_urdf_str(xml, controller_config).map_err(CliError::failed)?;
+    let options = AttachOptions {
+        scan: Some(scan),
+        us: (args.us_rate_hz > 0.0).then_some(geometry),
+    };
+    let (plant, targets, adapter) =
+        ros2::attach_with(world, &controller, xml, &config, options).map_err(CliError::failed)?;
+    let (job_tx, job_rx) = mpsc::sync_channel(4);
+    let renderer = match adapter.frame_sender() {
+        Some(sender) => Some(
+            std::thread::Builder::new()
+                .name("telecho-us".into())
+                .spawn(move || render_frames(us, job_rx, sender))
+                .map_err(CliError::failed)?,
+        ),
+        None => None,
+    };
+    let tap = UsTap {
+        inner: plant,
+        period_s: if args.us_rate_hz > 0.0 {
+            1.0 / args.us_rate_hz
+        } else {
+            f64::INFINITY
+        },
+        next_s: if args.us_rate_hz > 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        },
+        jobs: job_tx,
+        tag: targets.scan_tag(),
+    };
+    let rt = RtConfig {
+        sim_dt: Some(PERIOD),
+        ..RtConfig::default()
+    };
+    let wall_period = PERIOD.div_f64(args.real_time_factor);
+    // SIGINT/SIGTERM end the loop after the cycle under way; the summary is still printed.
+    crate::teleop::serve::install_interrupt_handler();
+    let handle = spawn_realtime_until(
+        tap,
+        controller,
+        targets,
+        wall_period,
+        deadlines,
+        rt,
+        Some(&crate::teleop::serve::INTERRUPTED),
+    )
+    .map_err(CliError::failed)?;
+    let run = handle
+        .join()
+        .map_err(|_| CliError::failed(anyhow!("the control thread panicked")))?;
+    let UsTap {
+        inner: plant, jobs, ..
+    } = run.plant;
+    // Closing the tap's job queue lets the renderer finish, then the adapter stops.
+    drop(jobs);
+    let rendered = match renderer {
+        Some(h) => h
+            .join()
+            .map_err(|_| CliError::failed(anyhow!("the render thread panicked")))?
+            .map_err(CliError::failed)?,
+        None => 0,
+    };
+    let report = adapter.stop().map_err(CliError::failed)?;
+    let scan_state = run.source.executor().map(|e| {
+        (
+            ros2::scan_state_name(e.state()),
+            e.abort_cause().as_ref().map(ros2::abort_text),
+        )
+    });
+
+    let bias_adapter = plant.ft_compensator().bias();
+    let bias_controller = run.controller.ft_compensator().bias();
+    let p = run.output.t_base_probe.translation;
+    let summary = Summary {
+        arm: match args.arm {
+            Arm::Ur5e => "ur5e",
+            Arm::Panda => "panda",
+        },
+        seed: args.sim_seed,
+        domain_id,
+        // Simulated seconds: each period advances the simulator by 1 ms.
+        duration_s: run.stats.deadlines as f64 * PERIOD.as_secs_f64(),
+        cycles: run.stats.cycles,
+        deadline_misses: run.stats.deadline_misses,
+        compute_median_us: run.stats.compute.median_s * 1e6,
+        jitter_p99_us: run.stats.jitter.p99_s * 1e6,
+        safety_state: format!("{:?}", run.output.safety),
+        probe_position_m: [p.x, p.y, p.z],
+        ft_bias_mismatch_n: (bias_adapter.force_n - bias_controller.force_n).amax(),
+        real_time_factor: args.real_time_factor,
+        frames_rendered: rendered,
+        scan_state: scan_state.as_ref().map(|s| s.0),
+        scan_abort_cause: scan_state.and_then(|s| s.1),
+        ros2: report,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(CliError::failed)?
+        );
+    } else {
+        let r = &summary.ros2;
+        println!(
+            "control node: {} cycles in {:.1} s ({} deadline misses), safety {}, probe at \
+             [{:.4}, {:.4}, {:.4}] m",
+            summary.cycles,
+            summary.duration_s,
+            summary.deadline_misses,
+            summary.safety_state,
+            p.x,
+            p.y,
+            p.z
+        );
+        println!(
+            "ROS 2 (domain {}): published {} wrench, {} joint_states, {} tf; targets {} \
+             accepted / {} rejected, force setpoints {} / {}; {} samples dropped",
+            domain_id,
+            r.wrench_published,
+            r.joint_states_published,
+            r.tf_published,
+            r.targets_accepted,
+            r.targets_rejected,
+            r.forces_accepted,
+            r.forces_rejected,
+            r.samples_dropped
+        );
+    }
+    Ok(())
+}
