@@ -210,3 +210,89 @@ fn demo_rejects_bad_arguments_before_writing() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// `demo --ros2`: the nodes as separate processes on DDS. The scan completes, the perception
+/// node registers the CBCT from the ultrasound it received over DDS, and the recording holds
+/// every node's topics (read back by the independent PyPI `mcap` reader).
+#[test]
+fn demo_ros2_runs_the_nodes_as_processes_over_dds() {
+    let out = temp_dir("ros2");
+    let domain = (30 + std::process::id() % 20).to_string();
+    let run = Command::new(env!("CARGO_BIN_EXE_telecho"))
+        .args([
+            "demo",
+            "--ros2",
+            "--sim-seed",
+            "2",
+            "--domain-id",
+            &domain,
+            "--real-time-factor",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    println!("{s}");
+    assert_eq!(s["mode"], "ros2");
+    assert_eq!(s["scan_state"], "done");
+    assert_eq!(s["registered"], true);
+    assert_eq!(s["safety_events"], 0);
+    let tre = s["tre_median_mm"].as_f64().unwrap();
+    assert!(tre < 1.0, "TRE median {tre} mm");
+    let collected = s["frames_collected"].as_u64().unwrap();
+    assert!(collected > 1000, "{collected} frames");
+    assert!(s["images_published"].as_u64().unwrap() >= collected);
+    for log in ["control", "perception", "record"] {
+        assert!(out.join("logs").join(format!("{log}.log")).is_file());
+    }
+    assert!(out.join("perception/sweep/sweep.json").is_file());
+    let mcap = out.join("ros2.mcap");
+    if python_output("import mcap; print('ok')").is_none() {
+        missing_peer("PyPI mcap", "python3 -m pip install mcap==1.6.0");
+    } else {
+        let code = format!(
+            "from mcap.reader import make_reader\n\
+             s = make_reader(open({path:?}, 'rb')).get_summary()\n\
+             c = {{}}\n\
+             for i, n in s.statistics.channel_message_counts.items():\n\
+             \x20   t = s.channels[i].topic\n\
+             \x20   c[t] = c.get(t, 0) + n\n\
+             print(' '.join(f'{{k}}={{v}}' for k, v in sorted(c.items())))",
+            path = mcap.to_str().unwrap()
+        );
+        let got = python_output(&code).expect("the Python reader failed");
+        println!("{got}");
+        let counts: HashMap<&str, u64> = got
+            .split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.parse().unwrap()))
+            .collect();
+        for topic in [
+            "/joint_states",
+            "/probe/wrench",
+            "/tf",
+            "/us/image",
+            "/us/probe_pose",
+            "/scan/status",
+        ] {
+            assert!(
+                counts.get(topic).copied().unwrap_or(0) > 10,
+                "{topic}: {got}"
+            );
+        }
+        // Both nodes' latched data: the robot's fixed frames and base → ct.
+        assert_eq!(counts.get("/tf_static"), Some(&2), "{got}");
+        assert_eq!(counts.get("/perception/registration"), Some(&1), "{got}");
+        assert_eq!(counts.get("/perception/landmarks"), Some(&1), "{got}");
+        assert!(counts["/us/image"] as f64 >= 0.95 * collected as f64);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -4,7 +4,9 @@
 //! messages again with their original spacing, so the nodes receive them as if live.
 //!
 //! The topic set is [`TOPICS`]: what the control node publishes and takes (see
-//! [`crate::ros2`]), plus `/us/image`, `/safety/events` and `/audit` from the other nodes. Each
+//! [`crate::ros2`]: state, commands, the ultrasound stream, the scan's status, safety events),
+//! what the perception node publishes (`/perception/registration`, `/perception/landmarks`) and
+//! `/audit`. Each
 //! is subscribed with QoS that matches its publisher (best effort for streams, reliable for
 //! commands, reliable + transient-local for latched data, so a recorder started late still gets
 //! `/tf_static` and `/robot_description`).
@@ -13,12 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ros2_client::{Context, ContextOptions, Node, NodeName, NodeOptions, Publisher, Subscription};
+use ros2_client::{Node, Publisher, Subscription};
 use serde::Serialize;
 use telecho_core::recording::{RecordedMessage, Recorder};
 use telecho_core::ros_msgs::{
-    from_cdr, DiagnosticArray, Float64, Image, JointState, PoseStamped, RosMessage, StringMsg,
-    TFMessage, WrenchStamped,
+    from_cdr, DiagnosticArray, Float64, Image, JointState, MarkerArray, PoseStamped, RosMessage,
+    StringMsg, TFMessage, Vector3Stamped, WrenchStamped,
 };
 
 use crate::ros2::{command_qos, latched_qos, publisher, stream_qos, subscription, Ros2Error};
@@ -76,6 +78,25 @@ pub const TOPICS: &[BagTopic] = &[
         TopicKind::Command,
     ),
     t("/us/image", Image::TYPE_NAME, TopicKind::Stream),
+    t(
+        "/us/pixel_spacing",
+        Vector3Stamped::TYPE_NAME,
+        TopicKind::Stream,
+    ),
+    t("/us/probe_pose", PoseStamped::TYPE_NAME, TopicKind::Stream),
+    t("/us/frame_info", StringMsg::TYPE_NAME, TopicKind::Stream),
+    t("/scan/status", StringMsg::TYPE_NAME, TopicKind::Latched),
+    t("/scan/protocol", StringMsg::TYPE_NAME, TopicKind::Latched),
+    t(
+        "/perception/registration",
+        StringMsg::TYPE_NAME,
+        TopicKind::Latched,
+    ),
+    t(
+        "/perception/landmarks",
+        MarkerArray::TYPE_NAME,
+        TopicKind::Latched,
+    ),
     t(
         "/safety/events",
         DiagnosticArray::TYPE_NAME,
@@ -164,17 +185,7 @@ fn qos(kind: TopicKind) -> ros2_client::QosProfile {
 }
 
 fn open_node(domain_id: u16, name: &str) -> Result<Node, Ros2Error> {
-    let context = Context::with_options(ContextOptions::new().domain_id(domain_id))
-        .map_err(|e| Ros2Error::dds("DDS participant", e))?;
-    let name = NodeName::new("/", name).map_err(|e| Ros2Error::dds("node name", e))?;
-    context
-        .new_node(
-            name,
-            NodeOptions::new()
-                .enable_rosout(false)
-                .start_parameter_services(false),
-        )
-        .map_err(|e| Ros2Error::dds("node", e))
+    crate::ros2::open_node(domain_id, "/", name)
 }
 
 fn now_ns() -> u64 {
@@ -231,6 +242,8 @@ macro_rules! with_message_type {
             Float64::TYPE_NAME => $make::<Float64>($node, $t),
             Image::TYPE_NAME => $make::<Image>($node, $t),
             DiagnosticArray::TYPE_NAME => $make::<DiagnosticArray>($node, $t),
+            Vector3Stamped::TYPE_NAME => $make::<Vector3Stamped>($node, $t),
+            MarkerArray::TYPE_NAME => $make::<MarkerArray>($node, $t),
             other => Err(Ros2Error::bag(format!("no message type {other}"))),
         }
     };

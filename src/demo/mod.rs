@@ -26,6 +26,7 @@
 mod handover;
 pub(crate) mod kinematics;
 mod report;
+mod ros2;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -72,6 +73,16 @@ pub(crate) struct DemoArgs {
     /// Print the summary metrics as one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Run the scan and the registration as separate node processes talking ROS 2 over DDS
+    /// (control, perception and a recorder; see `demo::ros2`).
+    #[arg(long)]
+    ros2: bool,
+    /// With --ros2: the DDS domain (default: ROS_DOMAIN_ID, else 0).
+    #[arg(long, value_name = "ID")]
+    domain_id: Option<u16>,
+    /// With --ros2: run the simulator this many times faster than real time (1–10).
+    #[arg(long, default_value_t = 4.0)]
+    real_time_factor: f64,
 }
 
 /// One phase's outcome.
@@ -176,6 +187,9 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
             "--out {} exists and is not a folder",
             args.out.display()
         )));
+    }
+    if args.ros2 {
+        return ros2::run(args);
     }
     let wall = Instant::now();
     let mut phases = Vec::new();

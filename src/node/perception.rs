@@ -361,9 +361,6 @@ pub(crate) fn run(args: &PerceptionArgs) -> CliResult {
                 node.registered_run = Some(s.run);
             }
             tracing::info!(success = response.success, "registration after the scan");
-            if response.success && args.exit_after_register {
-                break;
-            }
         }
         loop {
             let (id, _) = match server.receive_request() {
@@ -387,8 +384,9 @@ pub(crate) fn run(args: &PerceptionArgs) -> CliResult {
             }
         }
         if args.exit_after_register && node.summary.registrations > 0 {
-            // Let the latched results reach late subscribers before the participant closes.
-            std::thread::sleep(Duration::from_millis(500));
+            // Give the reliable writers time to deliver the results (and their repairs) to
+            // the subscribers before the participant closes.
+            std::thread::sleep(Duration::from_secs(1));
             break;
         }
         if !busy {
