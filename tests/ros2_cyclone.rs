@@ -6,7 +6,9 @@
 //! rmw layers do — subscribes to the node's topics, checks what arrives, and commands a target
 //! pose (first an invalid one, which must be rejected, then a valid one ~13 mm away, which the
 //! simulated probe must reach), then a pose above the skin and a 5 N force setpoint, which the
-//! published wrench must show. Skips without `cyclonedds`, fails then under
+//! published wrench must show. It also reads the ultrasound stream (`/us/image` mono8 with its
+//! `/us/pixel_spacing`) and calls `/scan/stop` the way `rmw_cyclonedds` calls services (request
+//! header in the payload, echoed in the reply). Skips without `cyclonedds`, fails then under
 //! `TELECHO_REQUIRE_PEERS=1`.
 
 use std::process::{Command, Stdio};
@@ -27,7 +29,7 @@ from cyclonedds.pub import DataWriter
 from cyclonedds.qos import Qos, Policy
 from cyclonedds.util import duration
 from cyclonedds.idl import IdlStruct
-from cyclonedds.idl.types import sequence, float64, int32, uint32
+from cyclonedds.idl.types import sequence, float64, int32, uint32, uint8, uint64, int64
 
 @dataclass
 class Time(IdlStruct, typename="builtin_interfaces::msg::dds_::Time_"):
@@ -109,6 +111,36 @@ class JointState(IdlStruct, typename="sensor_msgs::msg::dds_::JointState_"):
     velocity: sequence[float64]
     effort: sequence[float64]
 
+@dataclass
+class Vector3Stamped(IdlStruct, typename="geometry_msgs::msg::dds_::Vector3Stamped_"):
+    header: Header
+    vector: Vector3
+
+@dataclass
+class Image(IdlStruct, typename="sensor_msgs::msg::dds_::Image_"):
+    header: Header
+    height: uint32
+    width: uint32
+    encoding: str
+    is_bigendian: uint8
+    step: uint32
+    data: sequence[uint8]
+
+# std_srvs/srv/Trigger as rmw_cyclonedds puts it on the wire: a request header (the client's
+# GUID half and a sequence number) before the request's own fields, echoed in the reply.
+@dataclass
+class TriggerRequest(IdlStruct, typename="std_srvs::srv::dds_::Trigger_Request_"):
+    client_guid: uint64
+    seq: int64
+    structure_needs_at_least_one_member: uint8
+
+@dataclass
+class TriggerResponse(IdlStruct, typename="std_srvs::srv::dds_::Trigger_Response_"):
+    client_guid: uint64
+    seq: int64
+    success: bool
+    message: str
+
 def bits(x):
     return struct.unpack("<Q", struct.pack("<d", x))[0]
 
@@ -127,7 +159,11 @@ readers = {
     "tf": DataReader(dp, Topic(dp, "rt/tf", TFMessage), qos=stream),
     "tf_static": DataReader(dp, Topic(dp, "rt/tf_static", TFMessage), qos=latched),
     "description": DataReader(dp, Topic(dp, "rt/robot_description", String_), qos=latched),
+    "image": DataReader(dp, Topic(dp, "rt/us/image", Image), qos=stream),
+    "spacing": DataReader(dp, Topic(dp, "rt/us/pixel_spacing", Vector3Stamped), qos=stream),
 }
+stop_requests = DataWriter(dp, Topic(dp, "rq/scan/stopRequest", TriggerRequest), qos=command)
+stop_replies = DataReader(dp, Topic(dp, "rr/scan/stopReply", TriggerResponse), qos=command)
 writer = DataWriter(dp, Topic(dp, "rt/probe/target_pose", PoseStamped), qos=command)
 force_writer = DataWriter(dp, Topic(dp, "rt/probe/force_setpoint", Float64), qos=command)
 got = {k: [] for k in readers}
@@ -141,8 +177,10 @@ def drain():
 def ready():
     return (len(got["joint_states"]) >= 5 and len(got["wrench"]) >= 500 and len(got["pose"]) >= 5
             and len(got["tf"]) >= 5 and got["tf_static"] and got["description"]
+            and len(got["image"]) >= 3 and len(got["spacing"]) >= 3
             and len(writer.get_matched_subscriptions()) >= 1
-            and len(force_writer.get_matched_subscriptions()) >= 1)
+            and len(force_writer.get_matched_subscriptions()) >= 1
+            and len(stop_requests.get_matched_subscriptions()) >= 1)
 
 t0 = time.monotonic()
 while time.monotonic() - t0 < 8.0 and not ready():
@@ -180,6 +218,29 @@ if out["ready"]:
                                       t.transform.rotation.w)]}
         for t in got["tf_static"][-1][1].transforms]
     out["description"] = got["description"][-1][1].data
+    img = got["image"][-1][1]
+    out["image"] = {"encoding": img.encoding, "width": img.width, "height": img.height,
+                    "step": img.step, "is_bigendian": img.is_bigendian, "bytes": len(img.data),
+                    "frame_id": img.header.frame_id}
+    sp = got["spacing"][-1][1]
+    out["pixel_spacing"] = [sp.vector.x, sp.vector.y, sp.header.frame_id]
+    spacing_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in got["spacing"]}
+    image_stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in got["image"]]
+    out["image_stamps_matched"] = sum(1 for s in image_stamps if s in spacing_stamps)
+    out["images"] = len(image_stamps)
+
+    # A service call the rmw_cyclonedds way: /scan/stop with no scan running must answer
+    # success = false with the reason, echoing our request header.
+    guid, seq = 0x1122334455667788, 7
+    stop_requests.write(TriggerRequest(client_guid=guid, seq=seq, structure_needs_at_least_one_member=0))
+    t_call = time.monotonic()
+    reply = None
+    while time.monotonic() - t_call < 5.0 and reply is None:
+        for r in stop_replies.take(N=10):
+            if r is not None and not type(r).__name__.startswith("Invalid") and r.client_guid == guid and r.seq == seq:
+                reply = r
+        time.sleep(0.01)
+    out["stop_reply"] = None if reply is None else {"success": bool(reply.success), "message": reply.message}
 
     p0 = got["pose"][-1][1].pose
     out["p0"] = [p0.position.x, p0.position.y, p0.position.z]
@@ -393,6 +454,35 @@ fn control_node_interoperates_with_cyclone_dds() {
         .collect();
     assert_eq!(received.len(), 5, "{received:?}");
     assert_eq!(received, expected);
+
+    // The ultrasound stream: mono8 frames of the simulated probe, each with its spacing (same
+    // stamp) — what a ROS 2 image viewer needs.
+    let img = &got["image"];
+    assert_eq!(img["encoding"], "mono8");
+    assert_eq!(
+        (img["width"].as_u64(), img["height"].as_u64()),
+        (Some(us.width as u64), Some(us.height as u64))
+    );
+    assert_eq!(img["step"], img["width"]);
+    assert_eq!(img["is_bigendian"], 0);
+    assert_eq!(img["bytes"].as_u64(), Some((us.width * us.height) as u64));
+    assert_eq!(img["frame_id"], "us_image");
+    assert_eq!(
+        got["pixel_spacing"][0].as_f64(),
+        Some(us.lateral_spacing_m())
+    );
+    assert_eq!(got["pixel_spacing"][1].as_f64(), Some(us.axial_spacing_m()));
+    let images = got["images"].as_u64().unwrap();
+    assert!(
+        got["image_stamps_matched"].as_u64().unwrap() + 2 >= images,
+        "image stamps without a spacing message: {got}"
+    );
+    // The service, called the way rmw_cyclonedds calls it.
+    assert_eq!(
+        got["stop_reply"],
+        serde_json::json!({"success": false, "message": "no scan is running"}),
+        "{got}"
+    );
 
     // The wrench: finite, compensated (free space: bias and the probe's weight removed, only
     // sensor noise left; the raw reading carries the ~3.4 N payload weight), live (noise makes
