@@ -36,6 +36,9 @@ use telecho_control::{
     ExecutorConfig, ProbeController, ProbeOrientation, ProbeTarget, SafetyConfig, SafetyEvent,
     SafetyEventKind, ScanExecutor, ScanProgress, ScanProtocol, ScanState, Severity, TargetSource,
 };
+use telecho_perception::sweep_write::{
+    write_json_with_frames, FrameRecord, ProbeInfo, SweepEntry, SweepHeader,
+};
 use telecho_sim::plant::{operator_start_pose, patient_workspace, seeded_stiffness_n_per_mm};
 use telecho_sim::{FtFault, Phantom, SimWorld, UltrasoundSim, UsFrame, UsParams};
 
@@ -49,7 +52,7 @@ pub(crate) const DT_S: f64 = 1e-3;
 /// Most safety events listed in a report (the rest are counted).
 const MAX_LISTED_EVENTS: usize = 1000;
 /// Format tag of `sweep/sweep.json`.
-pub(crate) const SWEEP_FORMAT: &str = "telecho-sweep/1";
+pub(crate) const SWEEP_FORMAT: &str = telecho_perception::sweep::FORMAT;
 
 #[derive(Debug, Args)]
 pub(crate) struct ScanArgs {
@@ -610,25 +613,6 @@ pub(crate) fn run_scan(
     })
 }
 
-/// One frame's entry in `sweep.json`: what the control node knows.
-#[derive(Debug, Serialize)]
-pub(crate) struct FrameRecord {
-    pub(crate) index: usize,
-    pub(crate) time_s: f64,
-    /// FK of the measured joint angles, row-major 4×4.
-    pub(crate) t_base_probe: [[f64; 4]; 4],
-    /// The controller's compensated contact force along the probe axis, N.
-    pub(crate) force_n: f64,
-    pub(crate) force_setpoint_n: f64,
-    pub(crate) sweep: String,
-    pub(crate) sweep_index: usize,
-    pub(crate) state: &'static str,
-    /// Measured joint angles, rad (left out when the writer did not have them: sweeps that
-    /// `telecho node perception` collects from ROS 2 topics).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(crate) q_rad: Vec<f64>,
-}
-
 /// One frame's entry in `ground_truth.json`: what only the evaluator knows.
 #[derive(Debug, Serialize)]
 struct FrameTruth {
@@ -807,51 +791,6 @@ impl SweepRecorder {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct ProbeInfo {
-    pub(crate) frequency_hz: f64,
-    pub(crate) aperture_m: f64,
-    pub(crate) depth_m: f64,
-    pub(crate) slice_thickness_m: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct SweepEntry {
-    pub(crate) index: usize,
-    pub(crate) name: String,
-    pub(crate) orientation: &'static str,
-    pub(crate) force_n: f64,
-    pub(crate) speed_m_s: f64,
-    pub(crate) tilt_deg: f64,
-    pub(crate) first_frame: usize,
-    pub(crate) frame_count: usize,
-    pub(crate) completed: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct SweepHeader {
-    pub(crate) format: &'static str,
-    pub(crate) frames_file: &'static str,
-    pub(crate) pixel_type: &'static str,
-    pub(crate) width: usize,
-    pub(crate) height: usize,
-    pub(crate) frame_bytes: usize,
-    pub(crate) frame_count: usize,
-    pub(crate) pixel_spacing_m: [f64; 2],
-    pub(crate) t_probe_image: [[f64; 4]; 4],
-    pub(crate) base_frame: &'static str,
-    pub(crate) probe_frame: &'static str,
-    pub(crate) pose_source: &'static str,
-    pub(crate) force_source: &'static str,
-    pub(crate) probe: ProbeInfo,
-    pub(crate) arm: String,
-    pub(crate) urdf: String,
-    pub(crate) seed: u64,
-    pub(crate) protocol: String,
-    pub(crate) completed: bool,
-    pub(crate) sweeps: Vec<SweepEntry>,
-}
-
-#[derive(Debug, Serialize)]
 struct Breathing {
     amplitude_m: f64,
     frequency_hz: f64,
@@ -867,31 +806,6 @@ struct GroundTruthHeader {
     stiffness_n_per_mm: f64,
     seed: u64,
     arm: &'static str,
-}
-
-/// Writes `header` as a JSON object with an extra last member `"frames"`: an array holding one
-/// compact object per line (deterministic, greppable, and parsed as ordinary JSON).
-pub(crate) fn write_json_with_frames<H: Serialize, F: Serialize>(
-    path: &Path,
-    header: &H,
-    frames: &[F],
-) -> anyhow::Result<()> {
-    let head = serde_json::to_string(header)?;
-    let head = head
-        .strip_suffix('}')
-        .ok_or_else(|| anyhow!("the header is not a JSON object"))?;
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = BufWriter::new(file);
-    let sep = if head.len() > 1 { "," } else { "" };
-    write!(w, "{head}{sep}\"frames\":[")?;
-    for (i, f) in frames.iter().enumerate() {
-        w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
-        serde_json::to_writer(&mut w, f)?;
-    }
-    w.write_all(b"\n]}\n")?;
-    w.flush()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 fn write_ground_truth(path: &Path, sc: &Scenario, frames: &[FrameTruth]) -> anyhow::Result<()> {
@@ -911,7 +825,7 @@ fn write_ground_truth(path: &Path, sc: &Scenario, frames: &[FrameTruth]) -> anyh
         seed: sc.seed,
         arm: arm_name(sc.arm),
     };
-    write_json_with_frames(path, &header, frames)
+    Ok(write_json_with_frames(path, &header, frames)?)
 }
 
 /// Runs the default protocol on the patient of `seed` exactly as `telecho scan --sim-seed N`

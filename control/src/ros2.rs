@@ -58,25 +58,22 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nalgebra::{Matrix3, Rotation3, Unit, UnitQuaternion, Vector3};
-use ros2_client::qos::{Durability, History, WhenFull};
-use ros2_client::service::{Client, Server, ServiceMapping};
-use ros2_client::{
-    Context, ContextOptions, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher,
-    QosProfile, ServiceTypeName, Subscription,
-};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use ros2_client::NodeName;
 use telecho_core::ros_msgs::{
-    DiagnosticArray, Float64, Header, Image, JointState, Point, Pose, PoseStamped, RosMessage,
-    StringMsg, TFMessage, TransformStamped, TriggerRequest, TriggerResponse, Vector3 as MsgVector3,
-    Vector3Stamped, Wrench as MsgWrench, WrenchStamped, TRIGGER_SERVICE,
+    DiagnosticArray, Float64, Header, Image, JointState, Point, Pose, PoseStamped, StringMsg,
+    TFMessage, TransformStamped, TriggerResponse, Vector3 as MsgVector3, Vector3Stamped,
+    Wrench as MsgWrench, WrenchStamped,
 };
 use telecho_core::{frames, Transform};
 use thiserror::Error as ThisError;
 
-pub use ros2_client::service::ServiceMapping as Mapping;
-pub use ros2_client::{
-    Node as RosNode, Publisher as RosPublisher, Subscription as RosSubscription,
+pub use telecho_core::ros2::{
+    call_trigger, command_qos, frame_qos, latched_qos, open_node, publisher, service_qos,
+    stream_qos, subscription, transform_stamped, trigger_client, trigger_server, Node, Publisher,
+    ServiceMapping, Subscription, TriggerClient, TriggerServer, Wire, DEFAULT_SERVICE_MAPPING,
+};
+pub use telecho_core::ros_msgs::{
+    FrameInfo, ProbeDescription, ProtocolInfo, ScanStatus, SweepDescription,
 };
 
 use crate::controller::{ControlOutput, ProbeController, ProbeTarget};
@@ -125,11 +122,13 @@ enum Ros2ErrorKind {
     Bag(String),
 }
 
-impl Ros2Error {
-    pub(crate) fn dds(what: &str, e: impl std::fmt::Debug) -> Self {
-        Ros2ErrorKind::Dds(format!("{what}: {e:?}")).into()
+impl From<telecho_core::Error> for Ros2Error {
+    fn from(e: telecho_core::Error) -> Self {
+        Ros2ErrorKind::Dds(e.to_string()).into()
     }
+}
 
+impl Ros2Error {
     pub(crate) fn bag(what: impl Into<String>) -> Self {
         Ros2ErrorKind::Bag(what.into()).into()
     }
@@ -161,7 +160,7 @@ impl Default for Ros2Config {
             node_name: "telecho_control".into(),
             wrench_rate_hz: 1000.0,
             state_rate_hz: 100.0,
-            service_mapping: ServiceMapping::Cyclone,
+            service_mapping: DEFAULT_SERVICE_MAPPING,
         }
     }
 }
@@ -397,7 +396,7 @@ pub enum Rejection {
 }
 
 /// Frame of the ultrasound images (`probe_tip` → `us_image` on `/tf_static`).
-pub const US_IMAGE_FRAME: &str = "us_image";
+pub const US_IMAGE_FRAME: &str = frames::US_IMAGE;
 
 /// Checks ROS commands before they become targets.
 #[derive(Clone, Debug, PartialEq)]
@@ -491,53 +490,6 @@ impl std::fmt::Debug for ScanService {
             .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
-}
-
-/// `/scan/protocol` (latched, `std_msgs/String` JSON): the protocol a node's `/scan/start`
-/// runs, and the probe and patient it runs on — what a perception node needs to write the
-/// tracked sweep (`docs/SWEEP_FORMAT.md`) from the live topics.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ProtocolInfo {
-    /// Protocol name.
-    pub name: String,
-    /// Bundled arm (`ur5e`, `panda`).
-    pub arm: String,
-    /// URDF robot name.
-    pub urdf: String,
-    /// Simulated patient seed (0 on hardware).
-    pub seed: u64,
-    /// The ultrasound probe.
-    pub probe: ProbeDescription,
-    /// The sweeps, in order.
-    pub sweeps: Vec<SweepDescription>,
-}
-
-/// The probe in [`ProtocolInfo`].
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ProbeDescription {
-    /// Centre frequency, Hz.
-    pub frequency_hz: f64,
-    /// Aperture, m.
-    pub aperture_m: f64,
-    /// Imaging depth, m.
-    pub depth_m: f64,
-    /// Elevational slice thickness, m.
-    pub slice_thickness_m: f64,
-}
-
-/// One sweep in [`ProtocolInfo`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SweepDescription {
-    /// Sweep name.
-    pub name: String,
-    /// `sagittal` or `transverse`.
-    pub orientation: String,
-    /// Force setpoint, N.
-    pub force_n: f64,
-    /// Speed, m/s.
-    pub speed_m_s: f64,
-    /// Beam tilt toward the midline, degrees.
-    pub tilt_deg: f64,
 }
 
 /// Geometry of the ultrasound images the node publishes on `/us/image`.
@@ -683,55 +635,6 @@ pub struct UsFrame {
     pub scan: ScanTag,
 }
 
-/// `/us/frame_info`: what the control node knew when a frame was taken (one JSON object per
-/// frame, in a `std_msgs/String`, stamped like the image by `stamp_ns`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FrameInfo {
-    /// The image's header stamp, ns since the epoch.
-    pub stamp_ns: u64,
-    /// Acquisition time on the control node's clock, s.
-    pub time_s: f64,
-    /// Controller force estimate along the probe axis, N.
-    pub force_n: f64,
-    /// Force reference, N.
-    pub force_setpoint_n: f64,
-    /// Scan run (0: no scan yet).
-    pub run: u32,
-    /// Executor state (`None` outside a scan).
-    pub state: Option<String>,
-    /// Current sweep of the run.
-    pub sweep_index: usize,
-}
-
-/// `/scan/status` (latched, `std_msgs/String` JSON): published on every executor state or
-/// sweep change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ScanStatus {
-    /// Scan run (0: none started yet).
-    pub run: u32,
-    /// Executor state, or `none` before any scan.
-    pub state: String,
-    /// Protocol name.
-    pub protocol: String,
-    /// Current sweep index and name.
-    pub sweep_index: usize,
-    /// Name of the current sweep.
-    pub sweep_name: Option<String>,
-    /// Sweeps in the protocol.
-    pub sweep_count: usize,
-    /// Why the run aborted.
-    pub abort_cause: Option<String>,
-    /// Control-node time of the change, s.
-    pub time_s: f64,
-}
-
-impl ScanStatus {
-    /// True while a run is under way (started and not done or aborted).
-    pub fn is_running(&self) -> bool {
-        !matches!(self.state.as_str(), "none" | "done" | "aborted")
-    }
-}
-
 /// A `/scan/start` or `/scan/stop` for the control thread.
 enum ScanRequest {
     Start(Box<ScanExecutor>),
@@ -755,87 +658,6 @@ pub struct AttachOptions {
     pub scan: Option<ScanService>,
     /// Publish ultrasound frames of this geometry (sent through [`Ros2Adapter::frame_sender`]).
     pub us: Option<UsGeometry>,
-}
-
-/// A ROS 2 message wrapper for types `ros2-client`'s service API needs to implement its
-/// `Message` trait (the message types live in `telecho_core`, the trait in `ros2-client`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Wire<T>(pub T);
-
-impl<T: Serialize + DeserializeOwned> ros2_client::Message for Wire<T> {}
-
-/// A `std_srvs/srv/Trigger` server.
-pub type TriggerServer = Server<Wire<TriggerRequest>, Wire<TriggerResponse>>;
-/// A `std_srvs/srv/Trigger` client.
-pub type TriggerClient = Client<Wire<TriggerRequest>, Wire<TriggerResponse>>;
-
-/// QoS of services: reliable, volatile, the last 10.
-pub fn service_qos() -> QosProfile {
-    command_qos()
-}
-
-/// Creates a `std_srvs/srv/Trigger` server on `service` (e.g. `/scan/start`).
-pub fn trigger_server(
-    node: &mut Node,
-    service: &str,
-    mapping: ServiceMapping,
-) -> Result<TriggerServer, Ros2Error> {
-    node.create_server(
-        mapping,
-        &topic_name(service)?,
-        &ServiceTypeName::new(TRIGGER_SERVICE.0, TRIGGER_SERVICE.1),
-        service_qos(),
-        service_qos(),
-    )
-    .map_err(|e| Ros2Error::dds(service, e))
-}
-
-/// Creates a `std_srvs/srv/Trigger` client of `service`.
-pub fn trigger_client(
-    node: &mut Node,
-    service: &str,
-    mapping: ServiceMapping,
-) -> Result<TriggerClient, Ros2Error> {
-    node.create_client(
-        mapping,
-        &topic_name(service)?,
-        &ServiceTypeName::new(TRIGGER_SERVICE.0, TRIGGER_SERVICE.1),
-        service_qos(),
-        service_qos(),
-    )
-    .map_err(|e| Ros2Error::dds(service, e))
-}
-
-/// Calls a Trigger service and waits up to `timeout` for the answer (polling; no executor).
-///
-/// Without a spinner the client cannot see when the server has matched, and a request written
-/// before discovery completes is lost, so an unanswered request is sent again every second. Servers
-/// must therefore treat a repeated trigger as harmless (telecho's do: a second `/scan/start`
-/// while a scan runs is refused, a second `/perception/register` over the same frames answers
-/// from the cached result). Any answer to any of the sent requests counts.
-pub fn call_trigger(
-    client: &TriggerClient,
-    timeout: Duration,
-) -> Result<TriggerResponse, Ros2Error> {
-    let deadline = Instant::now() + timeout;
-    let mut sent: Vec<ros2_client::service::RmwRequestId> = Vec::new();
-    let mut last_send: Option<Instant> = None;
-    while Instant::now() < deadline {
-        if last_send.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-            let id = client
-                .send_request(Wire(TriggerRequest::default()))
-                .map_err(|e| Ros2Error::dds("service request", e))?;
-            sent.push(id);
-            last_send = Some(Instant::now());
-        }
-        match client.receive_response() {
-            Ok(Some((id, resp))) if sent.contains(&id) => return Ok(resp.0),
-            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(Ros2Error::dds("service response", e)),
-        }
-    }
-    Err(Ros2ErrorKind::Dds(format!("no answer within {:.1} s", timeout.as_secs_f64())).into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1376,83 +1198,6 @@ pub fn attach_with<P: Plant>(
     ))
 }
 
-/// A ROS 2 node on its own DDS participant in `domain_id`, for polling (no spinner runs, so no
-/// parameter services and no rosout).
-pub fn open_node(domain_id: u16, namespace: &str, name: &str) -> Result<Node, Ros2Error> {
-    let context = Context::with_options(ContextOptions::new().domain_id(domain_id))
-        .map_err(|e| Ros2Error::dds("DDS participant", e))?;
-    let name = NodeName::new(namespace, name).map_err(|e| Ros2Error::dds("node name", e))?;
-    context
-        .new_node(
-            name,
-            NodeOptions::new()
-                .enable_rosout(false)
-                .start_parameter_services(false),
-        )
-        .map_err(|e| Ros2Error::dds("node", e))
-}
-
-/// QoS of streams: best effort, volatile, the last `depth` samples.
-pub fn stream_qos(depth: usize) -> QosProfile {
-    QosProfile::subscription_default()
-        .reliability_best_effort()
-        .durability(Durability::Volatile)
-        .history(History::KeepLast { depth })
-}
-
-/// QoS of latched data: reliable, transient-local, the last sample.
-pub fn latched_qos() -> QosProfile {
-    QosProfile::publisher_default()
-        .reliability_reliable(WhenFull::DEFAULT)
-        .durability(Durability::TransientLocal)
-        .history(History::KeepLast { depth: 1 })
-}
-
-/// QoS of commands: reliable, volatile, the last 10.
-pub fn command_qos() -> QosProfile {
-    QosProfile::subscription_default()
-        .reliability_reliable(WhenFull::DEFAULT)
-        .durability(Durability::Volatile)
-        .history(History::KeepLast { depth: 10 })
-}
-
-/// `pkg/msg/Name` → the ros2-client type name.
-fn type_name<M: RosMessage>() -> MessageTypeName {
-    let pkg = M::TYPE_NAME.split('/').next().unwrap_or_default();
-    let name = M::TYPE_NAME.rsplit('/').next().unwrap_or_default();
-    MessageTypeName::new(pkg, name)
-}
-
-fn topic_name(full: &str) -> Result<Name, Ros2Error> {
-    Name::parse(full).map_err(|e| Ros2Error::dds(full, e))
-}
-
-/// Creates a publisher of `M` on `topic` (ROS 2 name, e.g. `/probe/wrench`).
-pub fn publisher<M: RosMessage>(
-    node: &mut Node,
-    topic: &str,
-    qos: QosProfile,
-) -> Result<Publisher<M>, Ros2Error> {
-    let t = node
-        .create_topic(&topic_name(topic)?, type_name::<M>(), &qos)
-        .map_err(|e| Ros2Error::dds(topic, e))?;
-    node.create_publisher::<M>(&t, Some(qos))
-        .map_err(|e| Ros2Error::dds(topic, e))
-}
-
-/// Creates a subscription of `M` on `topic`.
-pub fn subscription<M: RosMessage + 'static>(
-    node: &mut Node,
-    topic: &str,
-    qos: QosProfile,
-) -> Result<Subscription<M>, Ros2Error> {
-    let t = node
-        .create_topic(&topic_name(topic)?, type_name::<M>(), &qos)
-        .map_err(|e| Ros2Error::dds(topic, e))?;
-    node.create_subscription::<M>(&t, Some(qos))
-        .map_err(|e| Ros2Error::dds(topic, e))
-}
-
 struct Endpoints {
     joint_states: Publisher<JointState>,
     wrench: Publisher<WrenchStamped>,
@@ -1481,15 +1226,6 @@ struct UsEndpoints {
     spacing: Publisher<Vector3Stamped>,
     pose: Publisher<PoseStamped>,
     info: Publisher<StringMsg>,
-}
-
-/// QoS of the ultrasound stream: reliable (a perception node compounding the sweep needs every
-/// frame; best-effort viewers match it too), volatile, the last `depth`.
-pub fn frame_qos(depth: usize) -> QosProfile {
-    QosProfile::subscription_default()
-        .reliability_reliable(WhenFull::DEFAULT)
-        .durability(Durability::Volatile)
-        .history(History::KeepLast { depth })
 }
 
 impl Endpoints {
@@ -2148,23 +1884,6 @@ pub fn pose_msg(t: &Transform) -> Pose {
             z: m.translation.z,
         },
         orientation: m.rotation,
-    }
-}
-
-/// A `geometry_msgs/TransformStamped` from `parent` to `child` with `header`'s stamp.
-pub fn transform_stamped(
-    header: &Header,
-    parent: &str,
-    child: &str,
-    t: &Transform,
-) -> TransformStamped {
-    TransformStamped {
-        header: Header {
-            stamp: header.stamp,
-            frame_id: parent.to_owned(),
-        },
-        child_frame_id: child.to_owned(),
-        transform: t.into(),
     }
 }
 

@@ -185,7 +185,7 @@ fn qos(kind: TopicKind) -> ros2_client::QosProfile {
 }
 
 fn open_node(domain_id: u16, name: &str) -> Result<Node, Ros2Error> {
-    crate::ros2::open_node(domain_id, "/", name)
+    Ok(crate::ros2::open_node(domain_id, "/", name)?)
 }
 
 fn now_ns() -> u64 {

@@ -19,6 +19,8 @@ pub(crate) enum ErrorKind {
     },
     #[error("recording {path}: {reason}")]
     Recording { path: String, reason: String },
+    #[error("ROS 2 / DDS {what}: {reason}")]
+    Dds { what: String, reason: String },
     #[error("recording {path} ends without its footer (was the recorder killed?); the messages of its complete chunks were read")]
     TruncatedRecording { path: String },
 }
@@ -40,6 +42,19 @@ impl Error {
             path: path.into(),
             reason: reason.to_string(),
         })
+    }
+
+    /// A DDS failure (participant, topic, endpoint, service call).
+    pub fn dds(what: impl Into<String>, reason: impl std::fmt::Debug) -> Self {
+        Self(ErrorKind::Dds {
+            what: what.into(),
+            reason: format!("{reason:?}"),
+        })
+    }
+
+    /// True for a DDS failure.
+    pub fn is_dds(&self) -> bool {
+        matches!(self.0, ErrorKind::Dds { .. })
     }
 
     pub(crate) fn truncated_recording(path: impl Into<String>) -> Self {

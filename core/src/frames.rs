@@ -15,3 +15,6 @@ pub const PROBE_HOLDER: &str = "probe_holder";
 pub const PROBE_TIP: &str = "probe_tip";
 /// World frame of the patient's cone-beam CT (the NIfTI affine's RAS world, in metres).
 pub const CT: &str = "ct";
+/// The ultrasound image plane: origin at pixel (0, 0), x along the columns, y along the rows
+/// (depth), z out of the plane (`probe_tip` → `us_image` on `/tf_static`).
+pub const US_IMAGE: &str = "us_image";

@@ -5,6 +5,8 @@ mod error;
 pub mod frames;
 pub mod peers;
 pub mod recording;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod ros_msgs;
 mod transform;
 

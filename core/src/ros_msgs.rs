@@ -762,6 +762,106 @@ pub struct TriggerResponse {
 /// ROS 2 service type names (`pkg`, `Name`) of the services above.
 pub const TRIGGER_SERVICE: (&str, &str) = ("std_srvs", "Trigger");
 
+// ---------------------------------------------------------------------------------------------
+// telecho's node-to-node payloads: JSON in `std_msgs/String` (`/us/frame_info`, `/scan/status`,
+// `/scan/protocol`), so any ROS 2 tool shows them and no custom message package is needed.
+
+/// `/us/frame_info`: what the control node knew when a frame was taken (one JSON object per
+/// frame, in a `std_msgs/String`, stamped like the image by `stamp_ns`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrameInfo {
+    /// The image's header stamp, ns since the epoch.
+    pub stamp_ns: u64,
+    /// Acquisition time on the control node's clock, s.
+    pub time_s: f64,
+    /// Controller force estimate along the probe axis, N.
+    pub force_n: f64,
+    /// Force reference, N.
+    pub force_setpoint_n: f64,
+    /// Scan run (0: no scan yet).
+    pub run: u32,
+    /// Executor state (`None` outside a scan).
+    pub state: Option<String>,
+    /// Current sweep of the run.
+    pub sweep_index: usize,
+}
+
+/// `/scan/status` (latched, `std_msgs/String` JSON): published on every executor state or
+/// sweep change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScanStatus {
+    /// Scan run (0: none started yet).
+    pub run: u32,
+    /// Executor state, or `none` before any scan.
+    pub state: String,
+    /// Protocol name.
+    pub protocol: String,
+    /// Current sweep index and name.
+    pub sweep_index: usize,
+    /// Name of the current sweep.
+    pub sweep_name: Option<String>,
+    /// Sweeps in the protocol.
+    pub sweep_count: usize,
+    /// Why the run aborted.
+    pub abort_cause: Option<String>,
+    /// Control-node time of the change, s.
+    pub time_s: f64,
+}
+
+impl ScanStatus {
+    /// True while a run is under way (started and not done or aborted).
+    pub fn is_running(&self) -> bool {
+        !matches!(self.state.as_str(), "none" | "done" | "aborted")
+    }
+}
+
+/// `/scan/protocol` (latched, `std_msgs/String` JSON): the protocol a node's `/scan/start`
+/// runs, and the probe and patient it runs on — what a perception node needs to write the
+/// tracked sweep (`docs/SWEEP_FORMAT.md`) from the live topics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolInfo {
+    /// Protocol name.
+    pub name: String,
+    /// Bundled arm (`ur5e`, `panda`).
+    pub arm: String,
+    /// URDF robot name.
+    pub urdf: String,
+    /// Simulated patient seed (0 on hardware).
+    pub seed: u64,
+    /// The ultrasound probe.
+    pub probe: ProbeDescription,
+    /// The sweeps, in order.
+    pub sweeps: Vec<SweepDescription>,
+}
+
+/// The probe in [`ProtocolInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeDescription {
+    /// Centre frequency, Hz.
+    pub frequency_hz: f64,
+    /// Aperture, m.
+    pub aperture_m: f64,
+    /// Imaging depth, m.
+    pub depth_m: f64,
+    /// Elevational slice thickness, m.
+    pub slice_thickness_m: f64,
+}
+
+/// One sweep in [`ProtocolInfo`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepDescription {
+    /// Sweep name.
+    pub name: String,
+    /// `sagittal` or `transverse`.
+    pub orientation: String,
+    /// Force setpoint, N.
+    pub force_n: f64,
+    /// Speed, m/s.
+    pub speed_m_s: f64,
+    /// Beam tilt toward the midline, degrees.
+    pub tilt_deg: f64,
+}
+
 #[cfg(test)]
 mod string_msg_tests {
     use super::*;

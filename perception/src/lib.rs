@@ -11,8 +11,12 @@ pub mod dicom;
 mod error;
 pub mod fuse;
 pub mod io;
+pub mod pipeline;
 pub mod registration;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod sweep;
+pub mod sweep_write;
 pub mod us_bone;
 pub mod volume;
 

@@ -37,12 +37,10 @@ use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use telecho_core::Transform;
-use telecho_perception::compound::{compound_sweep, CompoundParams, Compounded};
 use telecho_perception::ct_landmarks::CtLandmark;
-use telecho_perception::detect::{ClassicalDetector, ImageGeometry};
-use telecho_perception::registration::{
-    register_sweep, transform_from_rows, CtModel, Registration, RegistrationParams,
-};
+use telecho_perception::pipeline::{self, DetectorKind, RegistrationReport};
+pub(crate) use telecho_perception::pipeline::{Outcome, Timing};
+use telecho_perception::registration::{transform_from_rows, CtModel};
 use telecho_perception::sweep::Sweep;
 
 use crate::cli_error::CliError;
@@ -55,6 +53,30 @@ pub(crate) enum DetectorChoice {
     Classical,
     /// The bundled CNN (`models/`), through `ort` with the tract backend.
     Cnn,
+}
+
+impl From<DetectorChoice> for DetectorKind {
+    fn from(d: DetectorChoice) -> Self {
+        match d {
+            DetectorChoice::Classical => DetectorKind::Classical,
+            DetectorChoice::Cnn => DetectorKind::Cnn,
+        }
+    }
+}
+
+/// [`telecho_perception::pipeline::register_with`] with the command line's detector choice.
+pub(crate) fn register_with(
+    model: &CtModel,
+    sweep: &Sweep,
+    detector: DetectorChoice,
+    threads: usize,
+) -> anyhow::Result<Outcome> {
+    Ok(pipeline::register_with(
+        model,
+        sweep,
+        detector.into(),
+        threads,
+    )?)
 }
 
 #[derive(Debug, Args)]
@@ -81,76 +103,6 @@ pub(crate) struct RegisterArgs {
     /// Threads for detection and the search (≥ 1).
     #[arg(long, default_value_t = 2)]
     threads: usize,
-}
-
-/// Wall time of the stages, s.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub(crate) struct Timing {
-    pub(crate) load_ct_s: f64,
-    pub(crate) ct_preprocessing_s: f64,
-    pub(crate) read_sweep_s: f64,
-    pub(crate) compound_s: f64,
-    pub(crate) register_s: f64,
-}
-
-/// A registration with what was measured on the way.
-#[derive(Debug)]
-pub(crate) struct Outcome {
-    pub(crate) registration: Registration,
-    pub(crate) compounded: Compounded,
-    pub(crate) compound_s: f64,
-    pub(crate) register_s: f64,
-}
-
-/// Compounds `sweep` with the detector and registers `model` to it. Refusals come back inside
-/// the registration; errors are bad input.
-pub(crate) fn register_with(
-    model: &CtModel,
-    sweep: &Sweep,
-    detector: DetectorChoice,
-    threads: usize,
-) -> anyhow::Result<Outcome> {
-    let threads = threads.clamp(1, 64);
-    let geometry = ImageGeometry {
-        width: sweep.width(),
-        height: sweep.height(),
-        lateral_spacing_m: sweep.pixel_spacing_m()[0],
-        axial_spacing_m: sweep.pixel_spacing_m()[1],
-    };
-    let params = CompoundParams::default();
-    let t = Instant::now();
-    let compounded = match detector {
-        DetectorChoice::Classical => {
-            let mut dets = (0..threads)
-                .map(|_| ClassicalDetector::for_geometry(&geometry))
-                .collect::<Result<Vec<_>, _>>()?;
-            compound_sweep(sweep, &mut dets, &params)?
-        }
-        DetectorChoice::Cnn => {
-            let backend = telecho_perception::cnn::Backend::Tract;
-            telecho_perception::cnn::init_backend(&backend)?;
-            let mut dets = (0..threads)
-                .map(|_| telecho_perception::cnn::CnnDetector::bundled(&backend))
-                .collect::<Result<Vec<_>, _>>()?;
-            compound_sweep(sweep, &mut dets, &params)?
-        }
-    };
-    let compound_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let registration = register_sweep(
-        model,
-        &compounded,
-        &RegistrationParams {
-            threads,
-            ..RegistrationParams::default()
-        },
-    )?;
-    Ok(Outcome {
-        registration,
-        compounded,
-        compound_s,
-        register_s: t.elapsed().as_secs_f64(),
-    })
 }
 
 /// Target registration error statistics, mm.
@@ -235,121 +187,14 @@ struct TreOut {
     landmarks_source: &'static str,
 }
 
+/// What `perception register --json` prints: the registration, and the TRE with
+/// `--ground-truth`.
 #[derive(Debug, Serialize)]
-pub(crate) struct LandmarkOut {
-    pub(crate) name: String,
-    pub(crate) xyz: [f64; 3],
-    pub(crate) confidence: f64,
-    pub(crate) uncertainty_mm: f64,
-    xyz_vertebra: [f64; 3],
-}
-
-#[derive(Debug, Serialize)]
-struct LevelOut {
-    name: String,
-    points: usize,
-    rmse_mm: f64,
-    shift_mm: f64,
-    rotation_deg: f64,
-    t_base_ct: [[f64; 4]; 4],
-}
-
-#[derive(Debug, Serialize)]
-struct BreathingOut {
-    amplitude_mm: f64,
-    frequency_hz: f64,
-    explained: f64,
-    frames: usize,
-    applied: bool,
-}
-
-/// The registration as `perception register --json` prints it.
-#[derive(Debug, Serialize)]
-pub(crate) struct RegisterOut {
-    pub(crate) t_base_ct: [[f64; 4]; 4],
-    pub(crate) rmse_mm: f64,
-    pub(crate) uncertainty_mm: f64,
-    pub(crate) runtime_s: f64,
-    pub(crate) landmarks: Vec<LandmarkOut>,
-    landmarks_source: &'static str,
-    levels: Vec<LevelOut>,
-    levels_seen: usize,
-    level_ambiguity: f64,
-    cost: f64,
-    alternative_cost: Option<f64>,
-    inlier_fraction: f64,
-    points_used: usize,
-    samples: usize,
-    frames_used: usize,
-    frames_in_sweep: usize,
-    starts_tried: usize,
-    breathing: Option<BreathingOut>,
-    detector: &'static str,
-    pub(crate) timing: Timing,
+struct RegisterOut {
+    #[serde(flatten)]
+    report: RegistrationReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     tre_mm: Option<TreOut>,
-}
-
-/// The printed form of a registration that was not refused (no TRE).
-pub(crate) fn register_out(
-    outcome: &Outcome,
-    timing: Timing,
-    landmarks_source: &'static str,
-) -> RegisterOut {
-    let reg = &outcome.registration;
-    RegisterOut {
-        t_base_ct: reg.t_base_ct.to_rows(),
-        rmse_mm: reg.rmse_mm,
-        uncertainty_mm: reg.uncertainty_mm,
-        runtime_s: outcome.compound_s + outcome.register_s,
-        landmarks: reg
-            .landmarks
-            .iter()
-            .map(|l| {
-                let g = reg.t_base_ct.transform_point(&l.xyz_ct);
-                LandmarkOut {
-                    name: l.name.clone(),
-                    xyz: [g.x, g.y, g.z],
-                    confidence: l.confidence,
-                    uncertainty_mm: l.uncertainty_mm,
-                    xyz_vertebra: [l.xyz.x, l.xyz.y, l.xyz.z],
-                }
-            })
-            .collect(),
-        landmarks_source,
-        levels: reg
-            .levels
-            .iter()
-            .map(|l| LevelOut {
-                name: l.name.clone(),
-                points: l.points,
-                rmse_mm: l.rmse_mm,
-                shift_mm: l.shift_mm,
-                rotation_deg: l.rotation_deg,
-                t_base_ct: l.t_base_ct.to_rows(),
-            })
-            .collect(),
-        levels_seen: reg.levels_seen,
-        level_ambiguity: reg.level_ambiguity,
-        cost: reg.cost,
-        alternative_cost: reg.alternative_cost,
-        inlier_fraction: reg.inlier_fraction,
-        points_used: reg.points_used,
-        samples: reg.samples,
-        frames_used: reg.frames_used,
-        frames_in_sweep: outcome.compounded.frames_in_sweep,
-        starts_tried: reg.starts_tried,
-        breathing: reg.breathing.map(|b| BreathingOut {
-            amplitude_mm: b.amplitude_mm,
-            frequency_hz: b.frequency_hz,
-            explained: b.explained,
-            frames: b.frames,
-            applied: b.applied,
-        }),
-        detector: outcome.compounded.detector,
-        timing,
-        tre_mm: None,
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -497,8 +342,10 @@ pub(crate) fn run(args: &RegisterArgs) -> CliResult {
             landmarks_source: source,
         }
     });
-    let mut out = register_out(&outcome, timing, landmarks_source);
-    out.tre_mm = tre;
+    let out = RegisterOut {
+        report: pipeline::report(&outcome, timing, landmarks_source),
+        tre_mm: tre,
+    };
     if args.json {
         println!("{}", serde_json::to_string(&out).map_err(CliError::failed)?);
     } else {
@@ -507,7 +354,8 @@ pub(crate) fn run(args: &RegisterArgs) -> CliResult {
     Ok(())
 }
 
-fn print_summary(o: &RegisterOut) {
+fn print_summary(out: &RegisterOut) {
+    let o = &out.report;
     println!(
         "registered: RMSE {:.2} mm, uncertainty {:.2} mm, {} vertebrae seen, level ambiguity \
          {:.2}, {} points from {} frames, {:.3} s",
@@ -540,7 +388,7 @@ fn print_summary(o: &RegisterOut) {
             l.name, l.points, l.rmse_mm, l.shift_mm, l.rotation_deg
         );
     }
-    if let Some(t) = &o.tre_mm {
+    if let Some(t) = &out.tre_mm {
         println!(
             "TRE over {} landmarks: median {:.2} mm, p95 {:.2} mm, max {:.2} mm",
             t.count, t.median, t.p95, t.max
