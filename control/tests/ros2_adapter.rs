@@ -414,3 +414,174 @@ fn adapter_publishes_and_takes_commands_over_dds() {
     );
     assert!(run.plant.ft_compensator().is_tared());
 }
+
+/// The scan services and the ultrasound stream of `attach_with`: an unusable image geometry is
+/// refused before anything starts; `/scan/stop` without a scan and a second `/scan/start` are
+/// refused with their reasons; a frame of the wrong size is dropped and counted, a good one
+/// published with its spacing and pose; the scan's progress reaches `/scan/status`.
+#[test]
+fn scan_services_and_ultrasound_frames_over_dds() {
+    use telecho_control::ros2::{
+        attach_with, call_trigger, open_node, subscription, trigger_client, AttachOptions,
+        ProbeDescription, ProtocolInfo, ScanService, ScanTag, UsFrame, UsGeometry,
+        DEFAULT_SERVICE_MAPPING,
+    };
+    use telecho_control::{ExecutorConfig, ScanExecutor, ScanProtocol};
+    use telecho_core::ros_msgs::{Image, ScanStatus, Vector3Stamped};
+
+    let domain = 200 + (std::process::id() % 30) as u16;
+    let world = SimWorld::new(&WorldConfig::ur5e()).unwrap();
+    let (workspace_min_m, workspace_max_m) = patient_workspace(&world.nominal_t_base_ct());
+    let config = ControllerConfig {
+        safety: SafetyConfig {
+            workspace_min_m,
+            workspace_max_m,
+            ..SafetyConfig::default()
+        },
+        ..ControllerConfig::default()
+    };
+    let controller = ProbeController::from_urdf_str(UR5E, config).unwrap();
+    let protocol = ScanProtocol::default_lumbar();
+    let start = telecho_sim::plant::operator_start_pose(&world, 1);
+    let safety = controller.config().safety;
+    let service = || ScanService {
+        make: Box::new({
+            let protocol = protocol.clone();
+            move || {
+                ScanExecutor::new(&protocol, &start, &safety, ExecutorConfig::default())
+                    .map_err(|e| e.to_string())
+            }
+        }),
+        protocol: ProtocolInfo {
+            name: protocol.name.clone(),
+            arm: "ur5e".into(),
+            urdf: "ur5e_probe".into(),
+            seed: 1,
+            probe: ProbeDescription {
+                frequency_hz: 7.5e6,
+                aperture_m: 0.038,
+                depth_m: 0.07,
+                slice_thickness_m: 0.001,
+            },
+            sweeps: Vec::new(),
+        },
+    };
+    let geometry = UsGeometry {
+        width: 8,
+        height: 4,
+        pixel_spacing_m: [1e-4, 2e-4],
+    };
+    let ros = Ros2Config {
+        domain_id: domain,
+        ..Ros2Config::default()
+    };
+    // A zero-width image geometry never starts.
+    let bad = AttachOptions {
+        scan: None,
+        us: Some(UsGeometry {
+            width: 0,
+            ..geometry
+        }),
+    };
+    assert!(attach_with(world.clone(), &controller, UR5E, &ros, bad).is_err());
+
+    let options = AttachOptions {
+        scan: Some(service()),
+        us: Some(geometry),
+    };
+    let (plant, targets, adapter) = attach_with(world, &controller, UR5E, &ros, options).unwrap();
+    let frames = adapter.frame_sender().unwrap();
+    let mut peer = open_node(domain, "/", "scan_peer").unwrap();
+    let images =
+        subscription::<Image>(&mut peer, "/us/image", telecho_core::ros2::frame_qos(10)).unwrap();
+    let spacing = subscription::<Vector3Stamped>(
+        &mut peer,
+        "/us/pixel_spacing",
+        telecho_core::ros2::frame_qos(10),
+    )
+    .unwrap();
+    let status =
+        subscription::<StringMsg>(&mut peer, "/scan/status", telecho_core::ros2::latched_qos())
+            .unwrap();
+    let start_client = trigger_client(&mut peer, "/scan/start", DEFAULT_SERVICE_MAPPING).unwrap();
+    let stop_client = trigger_client(&mut peer, "/scan/stop", DEFAULT_SERVICE_MAPPING).unwrap();
+    let handle = spawn_realtime_with(
+        plant,
+        controller,
+        targets,
+        Duration::from_millis(1),
+        6000,
+        RtConfig::default(),
+    )
+    .unwrap();
+
+    let answer = call_trigger(&stop_client, Duration::from_secs(10)).unwrap();
+    assert!(
+        !answer.success && answer.message == "no scan is running",
+        "{answer:?}"
+    );
+    let answer = call_trigger(&start_client, Duration::from_secs(10)).unwrap();
+    assert!(answer.success, "{answer:?}");
+    let answer = call_trigger(&start_client, Duration::from_secs(10)).unwrap();
+    assert!(
+        !answer.success && answer.message.contains("under way"),
+        "{answer:?}"
+    );
+    let frame = |n: usize| UsFrame {
+        time_s: 1.0,
+        pixels: vec![9; n],
+        t_base_probe: Transform::IDENTITY,
+        force_n: 0.0,
+        force_setpoint_n: 0.0,
+        scan: ScanTag::default(),
+    };
+    assert!(frames.send(frame(31)), "queued (the adapter drops it)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got_image = None;
+    let mut got_spacing = None;
+    while Instant::now() < deadline && (got_image.is_none() || got_spacing.is_none()) {
+        frames.send(frame(32));
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(Some((m, _))) = images.take() {
+            got_image = Some(m);
+        }
+        if let Ok(Some((m, _))) = spacing.take() {
+            got_spacing = Some(m);
+        }
+    }
+    let image = got_image.expect("an image arrived");
+    assert_eq!((image.width, image.height, image.data.len()), (8, 4, 32));
+    assert_eq!(image.header.frame_id, "us_image");
+    let spacing = got_spacing.expect("its spacing arrived");
+    assert_eq!((spacing.vector.x, spacing.vector.y), (1e-4, 2e-4));
+    let answer = call_trigger(&stop_client, Duration::from_secs(10)).unwrap();
+    assert!(answer.success, "{answer:?}");
+    let mut states = Vec::new();
+    while !handle.is_finished() {
+        while let Ok(Some((m, _))) = status.take() {
+            let s: ScanStatus = serde_json::from_str(&m.data).unwrap();
+            states.push(s.state);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = handle.join().unwrap();
+    let report = adapter.stop().unwrap();
+    println!("report {report:?}\nstates {states:?}");
+    assert_eq!(report.images_dropped, 1, "the 31-byte frame");
+    assert!(report.images_published >= 1);
+    assert_eq!((report.scans_started, report.scans_stopped), (1, 1));
+    assert_eq!(report.service_refusals, 2);
+    assert!(
+        states.iter().any(|s| s == "retract" || s == "aborted"),
+        "the stop reached /scan/status: {states:?}"
+    );
+    let exec = run.source.executor().expect("the scan ran");
+    assert!(
+        matches!(
+            exec.abort_cause(),
+            Some(telecho_control::AbortCause::Stopped)
+        ),
+        "{:?}",
+        exec.abort_cause()
+    );
+}
