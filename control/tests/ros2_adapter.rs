@@ -527,6 +527,39 @@ fn scan_services_and_ultrasound_frames_over_dds() {
         !answer.success && answer.message.contains("under way"),
         "{answer:?}"
     );
+    // A ROS set-point while the scan has the probe is rejected, never passed on.
+    let target_pub = telecho_core::ros2::publisher::<PoseStamped>(
+        &mut peer,
+        "/probe/target_pose",
+        telecho_core::ros2::command_qos(),
+    )
+    .unwrap();
+    let q = nalgebra::UnitQuaternion::from_rotation_matrix(&nalgebra::Rotation3::from_matrix(
+        &start.rotation,
+    ));
+    let during_scan = PoseStamped {
+        header: Header {
+            frame_id: "base_link".into(),
+            ..Header::default()
+        },
+        pose: Pose {
+            position: Point {
+                x: start.translation.x,
+                y: start.translation.y,
+                z: start.translation.z + 0.05,
+            },
+            orientation: Quaternion {
+                x: q.i,
+                y: q.j,
+                z: q.k,
+                w: q.w,
+            },
+        },
+    };
+    for _ in 0..10 {
+        target_pub.publish(during_scan.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let frame = |n: usize| UsFrame {
         time_s: 1.0,
         pixels: vec![9; n],
@@ -571,6 +604,8 @@ fn scan_services_and_ultrasound_frames_over_dds() {
     assert!(report.images_published >= 1);
     assert_eq!((report.scans_started, report.scans_stopped), (1, 1));
     assert_eq!(report.service_refusals, 2);
+    assert_eq!(report.targets_accepted, 0);
+    assert!(report.targets_rejected >= 1, "{report:?}");
     assert!(
         states.iter().any(|s| s == "retract" || s == "aborted"),
         "the stop reached /scan/status: {states:?}"
