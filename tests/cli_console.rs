@@ -127,6 +127,104 @@ fn screenshot_of_a_live_steered_session_shows_the_scene() {
     );
 }
 
+/// The registered plan over the live scene: the CBCT bone surface (`--ct`) and the landmarks of a
+/// `perception register --json` output (`--registration`) of the served patient (seed 1). A
+/// registration file with a non-rigid `t_base_ct` or a NaN landmark is refused.
+#[test]
+fn the_registered_cbct_and_landmarks_are_drawn_over_the_scene() {
+    if skip_without_driver("the_registered_cbct_and_landmarks_are_drawn_over_the_scene") {
+        return;
+    }
+    let dir = pki("console-plan");
+    let scan = dir.join("scan");
+    let out = telecho(&["scan", "--sim-seed", "1", "--out", scan.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ct = scan.join("ct.nii.gz");
+    let out = telecho(&[
+        "perception",
+        "register",
+        "--ct",
+        ct.to_str().unwrap(),
+        "--sweep",
+        scan.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let registration = dir.join("registration.json");
+    std::fs::write(&registration, &out.stdout).unwrap();
+    let reg: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let landmarks = reg["landmarks"].as_array().unwrap().len();
+
+    // Refusals first (no server needed: the plan is checked before connecting).
+    let mut bad = reg.clone();
+    bad["t_base_ct"][0][0] = serde_json::json!(2.0);
+    let bad_rigid = dir.join("bad-rigid.json");
+    std::fs::write(&bad_rigid, bad.to_string()).unwrap();
+    let mut bad = reg.clone();
+    bad["landmarks"][0]["xyz"] = serde_json::json!([0.1, "x", 0.2]);
+    let bad_landmark = dir.join("bad-landmark.json");
+    std::fs::write(&bad_landmark, bad.to_string()).unwrap();
+    for (file, needle) in [(&bad_rigid, "t_base_ct"), (&bad_landmark, "landmark")] {
+        let out = telecho(&[
+            "console",
+            "--connect",
+            "127.0.0.1:9",
+            "--pki",
+            dir.to_str().unwrap(),
+            "--registration",
+            file.to_str().unwrap(),
+            "--screenshot",
+            "/dev/null",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+
+    let server = serve(&dir);
+    let shot = dir.join("plan.png");
+    let out = telecho(&[
+        "console",
+        "--connect",
+        &server.addr.to_string(),
+        "--pki",
+        dir.to_str().unwrap(),
+        "--ct",
+        ct.to_str().unwrap(),
+        "--registration",
+        registration.to_str().unwrap(),
+        "--screenshot",
+        shot.to_str().unwrap(),
+        "--wait-s",
+        "2",
+        "--width",
+        "800",
+        "--height",
+        "450",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{r}");
+    assert_eq!(r["landmarks"].as_u64(), Some(landmarks as u64));
+    assert!(r["bone_points"].as_u64().unwrap() > 1000, "{r}");
+    let (coverage, w, h) = png_coverage(&shot);
+    assert_eq!((w, h), (800, 450));
+    assert!(coverage > 0.05, "only {coverage:.3} drawn");
+}
+
 #[test]
 fn an_observer_watches_but_cannot_steer() {
     if skip_without_driver("an_observer_watches_but_cannot_steer") {

@@ -79,6 +79,20 @@ fn robot_state_draws_the_arm_and_the_gauge_reads_the_axial_force() {
         );
     }
     assert!(SceneModel::new(20.0).bounds().is_none());
+    // The registered landmarks are in view too, wherever the patient lies.
+    let far = Vector3::new(0.9, -0.6, -0.3);
+    m.landmarks.push(telecho_teleop::view::LandmarkMark {
+        name: "L4_spinous_tip".into(),
+        xyz: far,
+        confidence: 1.0,
+    });
+    let (centre, radius) = m.bounds().unwrap();
+    for p in m.arm.iter().chain([&down.translation, &far]) {
+        assert!(
+            (p - centre).norm() <= radius + 1e-12,
+            "{p:?} outside the view"
+        );
+    }
     // A joint vector that does not fit the arm clears the drawing instead of drawing garbage.
     m.apply(&state(vec![0.0; 3], &down, Vector3::zeros()), Some(&chain));
     assert!(m.arm.is_empty());

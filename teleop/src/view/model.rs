@@ -204,16 +204,18 @@ impl SceneModel {
     }
 
     /// What there is to look at: the centre and radius (m, base frame) of the box around the
-    /// arm, the probe and the ultrasound plane (the patient's bone and landmarks when there is
-    /// nothing else). `None` before anything arrived.
+    /// arm, the probe, the ultrasound plane and the registered landmarks (the bone surface when
+    /// there is nothing else). `None` before anything arrived.
     pub fn bounds(&self) -> Option<(Vector3<f64>, f64)> {
         let mut pts: Vec<Vector3<f64>> = self.arm.clone();
         pts.extend(self.probe.iter().map(|p| p.translation));
         if let Some(us) = &self.us {
             pts.extend(us.corners_base());
         }
+        // The registered spine is what the sonographer steers to: its landmarks are always in
+        // view (the bone surface too when nothing else is known yet).
+        pts.extend(self.landmarks.iter().map(|l| l.xyz));
         if pts.is_empty() {
-            pts.extend(self.landmarks.iter().map(|l| l.xyz));
             pts.extend(self.bone_points.iter().step_by(50));
         }
         let first = *pts.first()?;
