@@ -385,6 +385,11 @@ fn window_run(
     chain: &Chain,
 ) -> CliResult {
     use telecho_teleop::view::render::{ConsoleKey, ConsoleWindow};
+    // SIGINT/SIGTERM close the window like its close button (the summary is still printed).
+    crate::teleop::serve::install_interrupt_handler();
+    let interrupted =
+        || crate::teleop::serve::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+    let mut commands_sent = 0u64;
     rt.block_on(async {
         let mut window = ConsoleWindow::open("telecho console", args.width, args.height).await;
         let mut device: Option<(KeyboardDevice, UnitQuaternion<f64>)> = None;
@@ -442,12 +447,49 @@ fn window_run(
                 dev.set_force(f.force_n);
                 let target = pose_target(s.position_m, *q);
                 client.send_command(CommandMode::Contact, force_n, target);
+                commands_sent += 1;
                 model.commanded(&target, force_n);
             }
-            if !window.show(model).await {
+            if !window.show(model).await || interrupted() {
                 break;
             }
         }
     });
+    let report = ConsoleReport {
+        role: model.role,
+        identity: model.identity.clone(),
+        lease_holder: model.holder.clone(),
+        states: model.states,
+        haptics: model.haptics,
+        frames: model.frames,
+        bad_frames: model.bad_frames,
+        bone_points: model.bone_points.len(),
+        landmarks: model.landmarks.len(),
+        commands_sent,
+        command_rtt_ms: model.latency.command_rtt_s.map(|s| s * 1e3),
+        frame_age_ms: model.latency.frame_age_s.map(|s| s * 1e3),
+        screenshot: None,
+        width: args.width,
+        height: args.height,
+        non_background_fraction: None,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report)
+                .context("report")
+                .map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "telecho console: {} ({:?}), {} states, {} haptic, {} frames, {} commands sent",
+            report.identity,
+            report.role,
+            report.states,
+            report.haptics,
+            report.frames,
+            report.commands_sent
+        );
+    }
     Ok(())
 }

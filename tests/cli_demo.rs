@@ -27,22 +27,41 @@ fn non_blank_fraction(path: &Path) -> f64 {
     data.chunks(px).filter(|p| *p != first).count() as f64 / n as f64
 }
 
+/// True when `xvfb-run` (a virtual X display) is installed: the demo's `--viewer` window then
+/// opens in it.
+fn have_xvfb() -> bool {
+    Command::new("xvfb-run")
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 #[test]
 fn demo_runs_scan_registration_and_writes_report_and_recording() {
     let out = temp_dir("full");
-    let run = Command::new(env!("CARGO_BIN_EXE_telecho"))
-        .args([
-            "demo",
-            "--json",
-            "--sim-seed",
-            "7",
-            "--poses",
-            "40",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
+    // With a virtual display the same run also opens the `--viewer` console window.
+    let viewer = have_xvfb();
+    if !viewer {
+        missing_peer("xvfb-run (for demo --viewer)", "apt-get install xvfb xauth");
+    }
+    let demo = ["demo", "--json", "--sim-seed", "7", "--poses", "40"];
+    let mut cmd = if viewer {
+        let mut c = Command::new("xvfb-run");
+        c.args([
+            "-a",
+            "-s",
+            "-screen 0 1280x800x24",
+            env!("CARGO_BIN_EXE_telecho"),
+        ]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_telecho"))
+    };
+    cmd.args(demo);
+    if viewer {
+        cmd.arg("--viewer");
+    }
+    let run = cmd.arg("--out").arg(&out).output().unwrap();
     assert!(
         run.status.success(),
         "{}",
@@ -107,6 +126,13 @@ fn demo_runs_scan_registration_and_writes_report_and_recording() {
     );
     assert!(rx["commands_applied"].as_u64().unwrap() > 3000, "{rx}");
     assert!(rx["audit_records"].as_u64().unwrap() > 3000, "{rx}");
+    // The viewer window watched the live session as observer through the same impaired link.
+    if viewer {
+        let seen = &rx["viewer"];
+        assert!(seen["states"].as_u64().unwrap() > 300, "{rx}");
+        assert!(seen["frames"].as_u64().unwrap() > 50, "{rx}");
+        assert_eq!(seen["bad_frames"], 0);
+    }
     assert!(telecho_teleop::audit::verify(&out.join("teleop-audit.log")).is_ok());
 
     // The report and its plots.
@@ -209,6 +235,23 @@ fn demo_rejects_bad_arguments_before_writing() {
         String::from_utf8_lossy(&run.stderr)
     );
     let _ = std::fs::remove_file(&file);
+    // --viewer without a display, and --viewer with --ros2 (no remote-expert phase): refused
+    // before anything runs or is written.
+    for extra in [&["--viewer"][..], &["--viewer", "--ros2"][..]] {
+        let run = Command::new(env!("CARGO_BIN_EXE_telecho"))
+            .arg("demo")
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains("--viewer"), "{err}");
+        assert!(!out.exists(), "nothing written");
+    }
 }
 
 /// `demo --ros2`: the nodes as separate processes on DDS. The scan completes, the perception

@@ -361,6 +361,12 @@ pub struct RtConfig {
     /// time by the ratio (`telecho node control --sim --real-time-factor`), the controller
     /// keeping its nominal step. Hardware must leave this `None`.
     pub sim_dt: Option<Duration>,
+    /// Simulated plants only: after a stall, do not advance the plant over the skipped periods.
+    /// Real hardware moves on while the loop is stalled, so by default the plant is advanced
+    /// (the world did not stop); a simulator has no such world, and jumping it ahead without
+    /// control only injects an artificial disturbance — with this set it falls behind the wall
+    /// clock instead (a loaded machine runs the simulation slower than `sim_dt / period`).
+    pub sim_no_skip: bool,
 }
 
 impl Default for RtConfig {
@@ -371,6 +377,7 @@ impl Default for RtConfig {
             cpu: None,
             spin_window: Duration::from_micros(400),
             sim_dt: None,
+            sim_no_skip: false,
         }
     }
 }
@@ -552,7 +559,7 @@ where
                 let done = Instant::now();
                 compute.record(done.duration_since(woke).as_secs_f64());
                 let skipped = schedule.finish_cycle(done.duration_since(start));
-                if skipped > 0 {
+                if skipped > 0 && !rt.sim_no_skip {
                     // The world went on while the loop was stalled.
                     plant.advance(skipped as f64 * dt);
                     tracing::debug!(

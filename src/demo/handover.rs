@@ -69,6 +69,18 @@ pub(crate) struct HandoverSummary {
     pub(crate) safety_events: std::collections::BTreeMap<String, u64>,
     pub(crate) audit_records: u64,
     pub(crate) wall_s: f64,
+    /// With `--viewer`: what the console window received as observer (`states`, `frames`),
+    /// from its summary when it was closed; `null` when it did not open or answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) viewer: Option<ViewerSeen>,
+}
+
+/// What the `--viewer` window received.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct ViewerSeen {
+    pub(crate) states: u64,
+    pub(crate) frames: u64,
+    pub(crate) bad_frames: u64,
 }
 
 /// Minimum-jerk blend 0 → 1 over `u` ∈ [0, 1].
@@ -96,6 +108,7 @@ pub(crate) fn run(
     t_base_ct_est: &Transform,
     facet_base_est: &Vector3<f64>,
     facet_true_base: &Vector3<f64>,
+    viewer: bool,
 ) -> Result<(HandoverSummary, Vec<f64>), CliError> {
     let wall = Instant::now();
     let pki = out.join("pki");
@@ -122,14 +135,23 @@ pub(crate) fn run(
     let view = sagittal_rotation(t_base_ct_est);
     let (served, expert) = rt.block_on(async {
         let expert = async {
-            let r = expert(&pki, addr_rx, &start, facet_base_est, &view, &status).await;
+            let r = expert(
+                &pki,
+                addr_rx,
+                &start,
+                facet_base_est,
+                &view,
+                &status,
+                viewer,
+            )
+            .await;
             stop.store(true, Ordering::Relaxed);
             r
         };
         tokio::join!(serve::serve(&sargs, sc, config, hooks), expert)
     });
     let served = served?;
-    let (sent, probe_at_hold) = expert.map_err(CliError::failed)?;
+    let (sent, probe_at_hold, seen) = expert.map_err(CliError::failed)?;
     let mut ages_ms: Vec<f64> = ages
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -163,8 +185,66 @@ pub(crate) fn run(
         safety_events: served.safety_events,
         audit_records: served.audit_records,
         wall_s: wall.elapsed().as_secs_f64(),
+        viewer: seen.map(|v| ViewerSeen {
+            states: v["states"].as_u64().unwrap_or(0),
+            frames: v["frames"].as_u64().unwrap_or(0),
+            bad_frames: v["bad_frames"].as_u64().unwrap_or(0),
+        }),
     };
     Ok((s, ages_ms))
+}
+
+/// The console window of `--viewer`: a `telecho console --json` process connected as
+/// `observer`. [`Viewer::close`] asks it to close (SIGTERM) and returns what it saw.
+struct Viewer(Option<std::process::Child>);
+
+impl Viewer {
+    fn open(pki: &Path, addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let child = std::process::Command::new(exe)
+            .args(["console", "--connect", &addr.to_string(), "--pki"])
+            .arg(pki)
+            .args(["--name", "observer", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        Ok(Self(Some(child)))
+    }
+
+    /// Closes the window; its summary (states, frames received) as `telecho console --json`
+    /// prints it, `None` when it had already failed or does not answer within 5 s.
+    fn close(mut self) -> Option<serde_json::Value> {
+        let mut child = self.0.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            tracing::warn!("the viewer exited early ({status})");
+            return None;
+        }
+        // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                let out = child.wait_with_output().ok()?;
+                return serde_json::from_slice(&out.stdout).ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The expert's session; returns the commands sent and the true probe pose at the end of the
@@ -176,7 +256,8 @@ async fn expert(
     facet: &Vector3<f64>,
     view: &Matrix3<f64>,
     status: &Arc<Mutex<LoopStatus>>,
-) -> anyhow::Result<(u64, Transform)> {
+    viewer: bool,
+) -> anyhow::Result<(u64, Transform, Option<serde_json::Value>)> {
     let server = serve::patient_address(addr_rx).await?;
     let one_way = Impairment {
         delay_s: RTT_MS * 0.5e-3,
@@ -185,6 +266,20 @@ async fn expert(
         duplicate: 0.0,
     };
     let proxy = serve::impaired_link(server, one_way, 150).await?;
+    // `--viewer`: the console in a window, watching as observer through the same link. It is a
+    // window for the person running the demo, not part of the phase: if it cannot open, the
+    // demo says so and goes on; it is closed when the phase ends.
+    let viewer = if viewer {
+        match Viewer::open(pki, proxy.local_addr()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!("the viewer did not open: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut op = Operator::connect(pki, "operator", proxy.local_addr()).await?;
     op.acquire().await?;
     op.reset();
@@ -248,5 +343,6 @@ async fn expert(
     tokio::time::sleep(Duration::from_millis(300)).await;
     op.client.close().await;
     let at_hold = at_hold.ok_or_else(|| anyhow!("the expert session ended before the hold"))?;
-    Ok((sent, at_hold))
+    let seen = viewer.and_then(Viewer::close);
+    Ok((sent, at_hold, seen))
 }

@@ -73,6 +73,10 @@ pub(crate) struct DemoArgs {
     /// Print the summary metrics as one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Open the kiss3d console during the remote-expert phase: it watches the live session as
+    /// `observer`, over the same impaired link as the expert (needs a display).
+    #[arg(long)]
+    viewer: bool,
     /// Run the scan and the registration as separate node processes talking ROS 2 over DDS
     /// (control, perception and a recorder; see `demo::ros2`).
     #[arg(long)]
@@ -187,6 +191,23 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
             "--out {} exists and is not a folder",
             args.out.display()
         )));
+    }
+    if args.viewer {
+        if args.ros2 {
+            return Err(CliError::input(anyhow!(
+                "--viewer watches the remote-expert phase, which --ros2 does not run"
+            )));
+        }
+        let display = ["DISPLAY", "WAYLAND_DISPLAY"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+        if !display {
+            return Err(CliError::input(anyhow!(
+                "--viewer opens a window and needs a display (DISPLAY or WAYLAND_DISPLAY); \
+                 without one run the demo headless, or take console screenshots with \
+                 `telecho console --screenshot`"
+            )));
+        }
     }
     if args.ros2 {
         return ros2::run(args);
@@ -355,6 +376,7 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
                 &reg.t_base_ct,
                 &est,
                 &truth,
+                args.viewer,
             )?;
             (Some(h), ages)
         }

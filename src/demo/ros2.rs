@@ -438,9 +438,15 @@ pub(super) fn run(args: &DemoArgs) -> CliResult {
         Ok(())
     } else {
         Err(CliError::failed(anyhow!(
-            "the ROS 2 demo did not complete: scan {}, registration {}",
+            "the ROS 2 demo did not complete: scan {}{}, registration {} (node logs in {})",
             summary.scan_state,
-            summary.refusal.as_deref().unwrap_or("missing")
+            summary
+                .scan_abort_cause
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default(),
+            summary.refusal.as_deref().unwrap_or("missing"),
+            logs.display()
         )))
     }
 }

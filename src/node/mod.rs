@@ -422,8 +422,11 @@ fn control(args: &ControlArgs) -> CliResult {
         jobs: job_tx,
         tag: targets.scan_tag(),
     };
+    // A simulation falls behind the wall clock on a loaded machine rather than jumping ahead
+    // without control.
     let rt = RtConfig {
         sim_dt: Some(PERIOD),
+        sim_no_skip: true,
         ..RtConfig::default()
     };
     let wall_period = PERIOD.div_f64(args.real_time_factor);
