@@ -159,3 +159,59 @@ fn simulated_run_stops_when_asked() {
     assert_eq!(n, 500);
     assert_eq!(out.mode, ControlMode::Free);
 }
+
+/// A source that stalls the loop once (30 ms, 30 periods) at t = 0.1 s.
+fn stalling_source(hold: Transform) -> impl telecho_control::TargetSource + Send + 'static {
+    let mut stalled = false;
+    FnSource(move |t: f64, _: &telecho_control::ControlOutput| {
+        if t > 0.1 && !stalled {
+            stalled = true;
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        Some(ProbeTarget::free(t, hold))
+    })
+}
+
+/// After a stall the simulated world is advanced over the skipped deadlines (as the real world
+/// moves on) by default, and not with `sim_no_skip`: then the simulation falls behind the wall
+/// clock instead, and every simulated millisecond had its control cycle.
+#[test]
+fn sim_no_skip_keeps_every_simulated_cycle_under_control() {
+    let scene = Scene::default();
+    for no_skip in [false, true] {
+        let world = world_above_skin(&scene);
+        let hold = world.ground_truth().t_base_probe;
+        let ctl =
+            ProbeController::from_urdf_str(&urdf_text(scene.urdf), controller_config()).unwrap();
+        let rt = RtConfig {
+            sim_no_skip: no_skip,
+            ..RtConfig::default()
+        };
+        let run = spawn_realtime_with(
+            world,
+            ctl,
+            stalling_source(hold),
+            Duration::from_millis(1),
+            300,
+            rt,
+        )
+        .unwrap()
+        .join()
+        .unwrap();
+        let s = run.stats;
+        print_stats(&format!("sim_no_skip {no_skip}"), &s);
+        check_consistent(&s, 300);
+        assert!(s.skipped >= 20, "the 30 ms stall skipped deadlines");
+        let sim_s = run.plant.time_s();
+        let cycles_s = s.cycles as f64 * 1e-3;
+        if no_skip {
+            assert!(
+                (sim_s - cycles_s).abs() < 1e-9,
+                "{sim_s} s simulated, {cycles_s} s of cycles"
+            );
+            assert!(sim_s < 0.29);
+        } else {
+            assert!((sim_s - 0.3).abs() < 1e-9, "{sim_s}");
+        }
+    }
+}
