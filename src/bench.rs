@@ -23,7 +23,7 @@ use serde::Serialize;
 use telecho_control::{spawn_realtime_with, CpuTimes, RtConfig, RtStatus};
 
 use crate::cli_error::CliError;
-use crate::scan::{arm_name, load_protocol, run_scan, state_name, ScanReport, Scenario, DT_S};
+use crate::scan::{arm_name, load_protocol, run_scan, ScanReport, Scenario, DT_S};
 use crate::sim::Arm;
 use crate::CliResult;
 
@@ -488,7 +488,7 @@ fn rt_loop(args: &BenchLoopArgs) -> CliResult {
         steal,
         wall_s,
         simulated_s: run.plant.time_s(),
-        scan_state: state_name(progress.state),
+        scan_state: progress.state.name(),
         sweep_index: progress.sweep_index,
         target_miss_percent: 100.0 * TARGET_MISS_RATIO,
         target_met: s.miss_ratio() < TARGET_MISS_RATIO,

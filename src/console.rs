@@ -101,6 +101,30 @@ struct ConsoleReport {
     non_background_fraction: Option<f64>,
 }
 
+impl ConsoleReport {
+    /// What the session received and sent; the picture's fields are left empty.
+    fn of(model: &SceneModel, commands_sent: u64, width: u32, height: u32) -> Self {
+        Self {
+            role: model.role,
+            identity: model.identity.clone(),
+            lease_holder: model.holder.clone(),
+            states: model.states,
+            haptics: model.haptics,
+            frames: model.frames,
+            bad_frames: model.bad_frames,
+            bone_points: model.bone_points.len(),
+            landmarks: model.landmarks.len(),
+            commands_sent,
+            command_rtt_ms: model.latency.command_rtt_s.map(|s| s * 1e3),
+            frame_age_ms: model.latency.frame_age_s.map(|s| s * 1e3),
+            screenshot: None,
+            width,
+            height,
+            non_background_fraction: None,
+        }
+    }
+}
+
 fn check(args: &ConsoleArgs) -> Result<(), CliError> {
     if !(args.wait_s.is_finite() && (0.0..=600.0).contains(&args.wait_s)) {
         return Err(CliError::input(anyhow!("--wait-s must be 0–600 s")));
@@ -328,24 +352,16 @@ fn screenshot_run(
         .filter(|p| p.iter().zip(bg).any(|(a, b)| a.abs_diff(*b) > 8))
         .count();
     let report = ConsoleReport {
-        role: model.role,
-        identity: model.identity.clone(),
-        lease_holder: model.holder.clone(),
-        states: model.states,
-        haptics: model.haptics,
-        frames: model.frames,
-        bad_frames: model.bad_frames,
-        bone_points: model.bone_points.len(),
-        landmarks: model.landmarks.len(),
-        commands_sent,
-        command_rtt_ms: model.latency.command_rtt_s.map(|s| s * 1e3),
-        frame_age_ms: model.latency.frame_age_s.map(|s| s * 1e3),
         screenshot: Some(path.to_path_buf()),
-        width: image.width as u32,
-        height: image.height as u32,
         non_background_fraction: Some(
             differing as f64 / (image.width as f64 * image.height as f64),
         ),
+        ..ConsoleReport::of(
+            model,
+            commands_sent,
+            image.width as u32,
+            image.height as u32,
+        )
     };
     if args.json {
         println!(
@@ -455,24 +471,7 @@ fn window_run(
             }
         }
     });
-    let report = ConsoleReport {
-        role: model.role,
-        identity: model.identity.clone(),
-        lease_holder: model.holder.clone(),
-        states: model.states,
-        haptics: model.haptics,
-        frames: model.frames,
-        bad_frames: model.bad_frames,
-        bone_points: model.bone_points.len(),
-        landmarks: model.landmarks.len(),
-        commands_sent,
-        command_rtt_ms: model.latency.command_rtt_s.map(|s| s * 1e3),
-        frame_age_ms: model.latency.frame_age_s.map(|s| s * 1e3),
-        screenshot: None,
-        width: args.width,
-        height: args.height,
-        non_background_fraction: None,
-    };
+    let report = ConsoleReport::of(model, commands_sent, args.width, args.height);
     if args.json {
         println!(
             "{}",

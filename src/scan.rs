@@ -310,21 +310,6 @@ pub(crate) struct ScanReport {
     pub(crate) out: Option<String>,
 }
 
-/// Snake-case name of an executor state.
-pub(crate) fn state_name(s: ScanState) -> &'static str {
-    match s {
-        ScanState::Idle => "idle",
-        ScanState::Transfer => "transfer",
-        ScanState::Approach => "approach",
-        ScanState::Contact => "contact",
-        ScanState::Sweep => "sweep",
-        ScanState::LiftOff => "lift_off",
-        ScanState::Retract => "retract",
-        ScanState::Done => "done",
-        ScanState::Aborted => "aborted",
-    }
-}
-
 /// Unit of an event's value and limit.
 fn event_unit(kind: SafetyEventKind) -> &'static str {
     use SafetyEventKind::*;
@@ -409,9 +394,7 @@ fn abort_text(cause: &AbortCause) -> String {
             e.time_s,
             event_report(e).cause
         ),
-        AbortCause::Supervisor(s) => format!("the supervisor left its normal state: {s:?}"),
-        AbortCause::Timeout(s) => format!("timeout in state {}", state_name(*s)),
-        AbortCause::Stopped => "stopped on request".to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -579,13 +562,13 @@ pub(crate) fn run_scan(
         (ScanState::Done, None) => None,
         (s, None) => Some(format!(
             "the protocol did not finish within {cap_s:.0} s of simulated time (state {})",
-            state_name(s)
+            s.name()
         )),
     };
     let breathing = sc.world.breathing();
     Ok(ScanReport {
         completed: state == ScanState::Done,
-        final_state: state_name(state),
+        final_state: state.name(),
         abort_cause,
         seed: sc.seed,
         arm: arm_name(sc.arm),
@@ -705,7 +688,7 @@ impl SweepRecorder {
             force_setpoint_n: out.force_setpoint_n,
             sweep: sweep.to_owned(),
             sweep_index: p.sweep_index,
-            state: state_name(p.state),
+            state: p.state.name(),
             q_rad: self.q.clone(),
         });
         self.truth.push(FrameTruth {

@@ -85,6 +85,23 @@ pub enum ScanState {
     Aborted,
 }
 
+impl ScanState {
+    /// Snake-case name (`lift_off`), as reports, `/scan/status` and `sweep.json` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanState::Idle => "idle",
+            ScanState::Transfer => "transfer",
+            ScanState::Approach => "approach",
+            ScanState::Contact => "contact",
+            ScanState::Sweep => "sweep",
+            ScanState::LiftOff => "lift_off",
+            ScanState::Retract => "retract",
+            ScanState::Done => "done",
+            ScanState::Aborted => "aborted",
+        }
+    }
+}
+
 /// Why a scan was aborted.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum AbortCause {
@@ -96,6 +113,24 @@ pub enum AbortCause {
     Timeout(ScanState),
     /// Stopped on request (`/scan/stop`, the console's stop).
     Stopped,
+}
+
+impl std::fmt::Display for AbortCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortCause::Safety(e) => write!(
+                f,
+                "safety event {} at {:.3} s (value {}, limit {})",
+                e.kind.name(),
+                e.time_s,
+                e.value,
+                e.limit
+            ),
+            AbortCause::Supervisor(s) => write!(f, "the supervisor left its normal state: {s:?}"),
+            AbortCause::Timeout(s) => write!(f, "timeout in state {}", s.name()),
+            AbortCause::Stopped => f.write_str("stopped on request"),
+        }
+    }
 }
 
 /// Where the scan is (for recorders tagging frames).

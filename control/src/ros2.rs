@@ -587,36 +587,6 @@ impl ScanTagReader {
     }
 }
 
-/// Snake-case name of an executor state, as `/scan/status` and `/us/frame_info` write it.
-pub fn scan_state_name(s: ScanState) -> &'static str {
-    match s {
-        ScanState::Idle => "idle",
-        ScanState::Transfer => "transfer",
-        ScanState::Approach => "approach",
-        ScanState::Contact => "contact",
-        ScanState::Sweep => "sweep",
-        ScanState::LiftOff => "lift_off",
-        ScanState::Retract => "retract",
-        ScanState::Done => "done",
-        ScanState::Aborted => "aborted",
-    }
-}
-
-/// Why a scan aborted, in words.
-pub fn abort_text(cause: &AbortCause) -> String {
-    match cause {
-        AbortCause::Safety(e) => format!(
-            "safety event {} (value {}, limit {})",
-            e.kind.name(),
-            e.value,
-            e.limit
-        ),
-        AbortCause::Supervisor(s) => format!("the supervisor left its normal state: {s:?}"),
-        AbortCause::Timeout(s) => format!("timeout in state {}", scan_state_name(*s)),
-        AbortCause::Stopped => "stopped on request".to_owned(),
-    }
-}
-
 /// One ultrasound frame for the adapter to publish (`/us/image`, `/us/pixel_spacing`,
 /// `/us/probe_pose`, `/us/frame_info`, all with the same stamp).
 #[derive(Clone, Debug)]
@@ -1492,7 +1462,7 @@ impl Worker {
             let Some(scan) = &self.scan else { break };
             let status = ScanStatus {
                 run: u.run,
-                state: scan_state_name(u.progress.state).to_owned(),
+                state: u.progress.state.name().to_owned(),
                 protocol: scan.protocol.name.clone(),
                 sweep_index: u.progress.sweep_index,
                 sweep_name: scan
@@ -1501,7 +1471,7 @@ impl Worker {
                     .get(u.progress.sweep_index)
                     .map(|s| s.name.clone()),
                 sweep_count: u.progress.sweep_count,
-                abort_cause: u.abort.as_ref().map(abort_text),
+                abort_cause: u.abort.as_ref().map(ToString::to_string),
                 time_s: u.time_s,
             };
             tracing::info!(run = u.run, state = %status.state, sweep = u.progress.sweep_index, "scan");
@@ -1651,7 +1621,7 @@ impl Worker {
                 force_n: f.force_n,
                 force_setpoint_n: f.force_setpoint_n,
                 run: f.scan.run,
-                state: f.scan.state.map(|s| scan_state_name(s).to_owned()),
+                state: f.scan.state.map(|s| s.name().to_owned()),
                 sweep_index: f.scan.sweep_index,
             };
             let base_header = Header {

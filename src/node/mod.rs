@@ -38,15 +38,16 @@ use telecho_control::ros2::{
 };
 use telecho_control::rt_loop::Plant;
 use telecho_control::{
-    spawn_realtime_until, ControlOutput, ControllerConfig, ExecutorConfig, FtSample,
-    ProbeController, ProbeOrientation, RtConfig, SafetyConfig, ScanExecutor, ScanProtocol,
+    spawn_realtime_until, ControlOutput, ExecutorConfig, FtSample, ProbeOrientation, RtConfig,
+    ScanExecutor, ScanProtocol,
 };
 use telecho_core::Transform;
-use telecho_sim::plant::{operator_start_pose, patient_workspace, seeded_stiffness_n_per_mm};
+use telecho_sim::plant::operator_start_pose;
 use telecho_sim::{Phantom, SimWorld, UltrasoundSim, UsParams};
 
 use crate::cli_error::CliError;
-use crate::sim::{world_config, Arm};
+use crate::scan::Scenario;
+use crate::sim::Arm;
 use crate::CliResult;
 
 /// Control period (1 kHz).
@@ -350,26 +351,19 @@ fn control(args: &ControlArgs) -> CliResult {
     }
     let protocol = crate::scan::load_protocol(args.protocol.as_deref())?;
 
-    let mut wc = world_config(args.arm, args.sim_seed);
-    wc.contact.stiffness_n_per_mm = seeded_stiffness_n_per_mm(args.sim_seed);
-    let world = SimWorld::new(&wc).map_err(CliError::failed)?;
-    let (workspace_min_m, workspace_max_m) = patient_workspace(&world.nominal_t_base_ct());
-    let controller_config = ControllerConfig {
-        safety: SafetyConfig {
-            workspace_min_m,
-            workspace_max_m,
-            ..SafetyConfig::default()
-        },
-        force_ramp_s: protocol.force_ramp_s,
-        ..ControllerConfig::default()
-    };
-    // The scan service: the operator's palpated start pose on this patient, planned afresh for
-    // every /scan/start. A protocol that leaves the workspace is refused here, before anything
-    // runs.
+    // The patient, the controller (workspace box around the nominal placement) and the checked
+    // protocol, as `telecho scan` builds them; a protocol that leaves the workspace is refused
+    // here, before anything runs.
+    let Scenario {
+        world,
+        controller,
+        protocol,
+        ..
+    } = Scenario::new(args.arm, args.sim_seed, protocol)?;
+    // The scan service plans afresh for every /scan/start, from the operator's palpated start
+    // pose on this patient.
     let start = operator_start_pose(&world, args.sim_seed);
-    let safety = controller_config.safety;
-    ScanExecutor::new(&protocol, &start, &safety, ExecutorConfig::default())
-        .map_err(|e| CliError::input(anyhow!("protocol `{}`: {e}", protocol.name)))?;
+    let safety = controller.config().safety;
     let us_params = UsParams::default();
     let info = protocol_info(&protocol, args.arm, args.sim_seed, &us_params);
     let plan = protocol.clone();
@@ -389,8 +383,6 @@ fn control(args: &ControlArgs) -> CliResult {
         pixel_spacing_m: [f.lateral_spacing_m, f.axial_spacing_m],
     };
     let (_, xml) = args.arm.bundled();
-    let controller =
-        ProbeController::from_urdf_str(xml, controller_config).map_err(CliError::failed)?;
     let options = AttachOptions {
         scan: Some(scan),
         us: (args.us_rate_hz > 0.0).then_some(geometry),
@@ -460,8 +452,8 @@ fn control(args: &ControlArgs) -> CliResult {
     let report = adapter.stop().map_err(CliError::failed)?;
     let scan_state = run.source.executor().map(|e| {
         (
-            ros2::scan_state_name(e.state()),
-            e.abort_cause().as_ref().map(ros2::abort_text),
+            e.state().name(),
+            e.abort_cause().as_ref().map(ToString::to_string),
         )
     });
 
