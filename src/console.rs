@@ -125,6 +125,35 @@ impl ConsoleReport {
     }
 }
 
+impl ConsoleReport {
+    /// Prints the report: one JSON object, or one line.
+    fn print(&self, json: bool) -> CliResult {
+        if json {
+            let text = serde_json::to_string(self)
+                .context("report")
+                .map_err(CliError::failed)?;
+            println!("{text}");
+        } else {
+            let picture = self
+                .screenshot
+                .as_ref()
+                .map(|p| format!(" → {} ({}×{})", p.display(), self.width, self.height))
+                .unwrap_or_default();
+            println!(
+                "telecho console: {} ({:?}), {} states, {} haptic, {} frames, {} commands \
+                 sent{picture}",
+                self.identity,
+                self.role,
+                self.states,
+                self.haptics,
+                self.frames,
+                self.commands_sent
+            );
+        }
+        Ok(())
+    }
+}
+
 fn check(args: &ConsoleArgs) -> Result<(), CliError> {
     if !(args.wait_s.is_finite() && (0.0..=600.0).contains(&args.wait_s)) {
         return Err(CliError::input(anyhow!("--wait-s must be 0–600 s")));
@@ -363,26 +392,7 @@ fn screenshot_run(
             image.height as u32,
         )
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report)
-                .context("report")
-                .map_err(CliError::failed)?
-        );
-    } else {
-        println!(
-            "telecho console: {} ({:?}), {} states, {} haptic, {} frames → {} ({}×{})",
-            report.identity,
-            report.role,
-            report.states,
-            report.haptics,
-            report.frames,
-            path.display(),
-            report.width,
-            report.height
-        );
-    }
+    report.print(args.json)?;
     if model.states == 0 {
         return Err(CliError::failed(anyhow!(
             "no robot state received from {} within {} s",
@@ -471,24 +481,5 @@ fn window_run(
             }
         }
     });
-    let report = ConsoleReport::of(model, commands_sent, args.width, args.height);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report)
-                .context("report")
-                .map_err(CliError::failed)?
-        );
-    } else {
-        println!(
-            "telecho console: {} ({:?}), {} states, {} haptic, {} frames, {} commands sent",
-            report.identity,
-            report.role,
-            report.states,
-            report.haptics,
-            report.frames,
-            report.commands_sent
-        );
-    }
-    Ok(())
+    ConsoleReport::of(model, commands_sent, args.width, args.height).print(args.json)
 }

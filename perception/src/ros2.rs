@@ -44,7 +44,9 @@ use telecho_core::ros_msgs::{
 use telecho_core::{frames, Transform};
 
 use crate::error::{Error, ErrorKind};
-use crate::pipeline::{register_with, report, DetectorKind, Timing};
+use crate::pipeline::{
+    register_with, report, DetectorKind, LandmarkOut, RegistrationReport, Timing,
+};
 use crate::registration::CtModel;
 use crate::sweep::{Sweep, FORMAT};
 use crate::sweep_write::{write_json_with_frames, FrameRecord, ProbeInfo, SweepEntry, SweepHeader};
@@ -203,28 +205,29 @@ pub fn run(model: CtModel, config: &NodeConfig, stop: &AtomicBool) -> Result<Nod
         },
     };
     let started = Instant::now();
-    let publish = |reg: &serde_json::Value, t_base_ct: &Transform| -> Result<(), String> {
-        let header = Header::new(now_ns(), frames::BASE.to_owned());
-        tf_static_pub
-            .publish(TFMessage {
-                transforms: vec![transform_stamped(
-                    &header,
-                    frames::BASE,
-                    frames::CT,
-                    t_base_ct,
-                )],
-            })
-            .map_err(|e| format!("/tf_static: {e:?}"))?;
-        landmarks_pub
-            .publish(landmark_markers(&header, reg))
-            .map_err(|e| format!("/perception/landmarks: {e:?}"))?;
-        registration_pub
-            .publish(StringMsg {
-                data: reg.to_string(),
-            })
-            .map_err(|e| format!("/perception/registration: {e:?}"))?;
-        Ok(())
-    };
+    let publish =
+        |reg: &RegistrationReport, json: &str, t_base_ct: &Transform| -> Result<(), String> {
+            let header = Header::new(now_ns(), frames::BASE.to_owned());
+            tf_static_pub
+                .publish(TFMessage {
+                    transforms: vec![transform_stamped(
+                        &header,
+                        frames::BASE,
+                        frames::CT,
+                        t_base_ct,
+                    )],
+                })
+                .map_err(|e| format!("/tf_static: {e:?}"))?;
+            landmarks_pub
+                .publish(landmark_markers(&header, &reg.landmarks))
+                .map_err(|e| format!("/perception/landmarks: {e:?}"))?;
+            registration_pub
+                .publish(StringMsg {
+                    data: json.to_owned(),
+                })
+                .map_err(|e| format!("/perception/registration: {e:?}"))?;
+            Ok(())
+        };
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed) {
             break;
@@ -473,7 +476,7 @@ impl Node {
     /// Writes the sweep, registers, publishes; the answer for the service.
     fn register(
         &mut self,
-        publish: &dyn Fn(&serde_json::Value, &Transform) -> Result<(), String>,
+        publish: &dyn Fn(&RegistrationReport, &str, &Transform) -> Result<(), String>,
     ) -> TriggerResponse {
         if let Some((run, n, answer)) = &self.last {
             if *run == self.c.run && *n == self.c.frames.len() {
@@ -505,7 +508,7 @@ impl Node {
 
     fn try_register(
         &mut self,
-        publish: &dyn Fn(&serde_json::Value, &Transform) -> Result<(), String>,
+        publish: &dyn Fn(&RegistrationReport, &str, &Transform) -> Result<(), String>,
     ) -> Result<String, String> {
         if self.c.frames.is_empty() {
             return Err(
@@ -542,7 +545,7 @@ impl Node {
         let path = self.out.join("registration.json");
         let text = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        publish(&json, &outcome.registration.t_base_ct)?;
+        publish(&out, &json.to_string(), &outcome.registration.t_base_ct)?;
         self.summary.registration = Some(json.clone());
         tracing::info!(
             rmse_mm = out.rmse_mm,
@@ -670,27 +673,21 @@ impl Node {
 
 /// The registered CT landmarks as RViz/Foxglove markers in the base frame: a sphere (radius
 /// from the landmark's uncertainty, at least 2 mm) and a label per landmark.
-fn landmark_markers(header: &Header, reg: &serde_json::Value) -> MarkerArray {
+fn landmark_markers(header: &Header, landmarks: &[LandmarkOut]) -> MarkerArray {
     let mut markers = vec![Marker {
         header: header.clone(),
         ns: "telecho/landmarks".into(),
         action: Marker::DELETEALL,
         ..Marker::default()
     }];
-    let Some(list) = reg["landmarks"].as_array() else {
-        return MarkerArray { markers };
-    };
-    for (i, l) in list.iter().enumerate() {
-        let xyz: Vec<f64> = l["xyz"]
-            .as_array()
-            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
-            .unwrap_or_default();
-        if xyz.len() != 3 {
+    for (i, l) in landmarks.iter().enumerate() {
+        let xyz = l.xyz;
+        if xyz.iter().any(|v| !v.is_finite()) {
             continue;
         }
-        let name = l["name"].as_str().unwrap_or_default();
-        let confidence = l["confidence"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0) as f32;
-        let d = (2.0 * l["uncertainty_mm"].as_f64().unwrap_or(2.0).max(2.0)) * 1e-3;
+        let name = &l.name;
+        let confidence = l.confidence.clamp(0.0, 1.0) as f32;
+        let d = (2.0 * l.uncertainty_mm.max(2.0)) * 1e-3;
         let mut pose = telecho_core::ros_msgs::Pose {
             position: Point {
                 x: xyz[0],
@@ -864,6 +861,39 @@ mod tests {
         assert_eq!((c.run, c.frames.len()), (2, 1));
         frame(&mut c, 2_500, 1, Some("sweep"));
         assert_eq!((c.run, c.frames.len()), (2, 1), "a late frame of run 1");
+    }
+
+    #[test]
+    fn landmarks_become_a_sphere_and_a_label_each_and_non_finite_ones_are_left_out() {
+        let lm = |name: &str, x: f64, uncertainty_mm: f64| LandmarkOut {
+            name: name.into(),
+            xyz: [x, 0.1, 0.2],
+            confidence: 0.8,
+            uncertainty_mm,
+            xyz_vertebra: [x, 0.1, 0.2],
+        };
+        let header = Header::new(0, frames::BASE.to_owned());
+        let m = landmark_markers(
+            &header,
+            &[
+                lm("L4_spinous_tip", 0.3, 1.0),
+                lm("L4_lamina_left", f64::NAN, 3.0),
+            ],
+        );
+        assert_eq!(m.markers.len(), 3);
+        assert_eq!(m.markers[0].action, Marker::DELETEALL);
+        let (sphere, label) = (&m.markers[1], &m.markers[2]);
+        assert_eq!(
+            (sphere.type_, label.type_),
+            (Marker::SPHERE, Marker::TEXT_VIEW_FACING)
+        );
+        assert_eq!(sphere.pose.position.x, 0.3);
+        assert!(
+            (sphere.scale.x - 0.004).abs() < 1e-12,
+            "at least 2 mm radius"
+        );
+        assert_eq!(label.text, "L4_spinous_tip");
+        assert_eq!(sphere.header.frame_id, frames::BASE);
     }
 
     #[test]
