@@ -4,6 +4,8 @@ pub mod controller;
 mod error;
 pub mod executor;
 pub mod ft_compensation;
+#[cfg(feature = "ros2")]
+pub mod gazebo;
 pub mod kinematics;
 pub mod payload;
 pub mod protocol;

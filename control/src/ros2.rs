@@ -132,6 +132,14 @@ impl Ros2Error {
     pub(crate) fn bag(what: impl Into<String>) -> Self {
         Ros2ErrorKind::Bag(what.into()).into()
     }
+
+    pub(crate) fn config(what: impl Into<String>) -> Self {
+        Ros2ErrorKind::Config(what.into()).into()
+    }
+
+    pub(crate) fn thread(what: impl Into<String>) -> Self {
+        Ros2ErrorKind::Thread(what.into()).into()
+    }
 }
 
 /// Settings of the adapter.
@@ -150,6 +158,11 @@ pub struct Ros2Config {
     /// How services map onto DDS topics: [`ServiceMapping::Cyclone`] (the default) is what
     /// `rmw_cyclonedds` uses; ROS 2 on Fast DDS or Connext uses `Enhanced`.
     pub service_mapping: ServiceMapping,
+    /// Publish the arm's state as `joint_state_broadcaster` and `robot_state_publisher` would:
+    /// `/joint_states`, `/tf`, the arm's fixed joints on `/tf_static` and `/robot_description`
+    /// (default true). Off when those run beside the node, as in the Gazebo launch
+    /// ([`crate::gazebo`]); `/probe/pose`, `/probe/wrench` and the rest are published either way.
+    pub robot_state: bool,
 }
 
 impl Default for Ros2Config {
@@ -161,6 +174,7 @@ impl Default for Ros2Config {
             wrench_rate_hz: 1000.0,
             state_rate_hz: 100.0,
             service_mapping: DEFAULT_SERVICE_MAPPING,
+            robot_state: true,
         }
     }
 }
@@ -1169,12 +1183,11 @@ pub fn attach_with<P: Plant>(
 }
 
 struct Endpoints {
-    joint_states: Publisher<JointState>,
+    /// `/joint_states`, `/tf` and `/robot_description` ([`Ros2Config::robot_state`]).
+    robot: Option<RobotEndpoints>,
     wrench: Publisher<WrenchStamped>,
     pose: Publisher<PoseStamped>,
-    tf: Publisher<TFMessage>,
     tf_static: Publisher<TFMessage>,
-    description: Publisher<StringMsg>,
     target_pose: Subscription<PoseStamped>,
     force_setpoint: Subscription<Float64>,
     safety_events: Publisher<DiagnosticArray>,
@@ -1182,6 +1195,12 @@ struct Endpoints {
     us: Option<UsEndpoints>,
     // Declared last, so dropped last: the endpoints leave the DDS participant before it closes.
     _node: Node,
+}
+
+struct RobotEndpoints {
+    joint_states: Publisher<JointState>,
+    tf: Publisher<TFMessage>,
+    description: Publisher<StringMsg>,
 }
 
 struct ScanEndpoints {
@@ -1202,12 +1221,18 @@ impl Endpoints {
     fn open(config: &Ros2Config, scan: bool, us: bool) -> Result<Self, Ros2Error> {
         let mut node = open_node(config.domain_id, &config.namespace, &config.node_name)?;
         Ok(Self {
-            joint_states: publisher(&mut node, "/joint_states", stream_qos(10))?,
+            robot: if config.robot_state {
+                Some(RobotEndpoints {
+                    joint_states: publisher(&mut node, "/joint_states", stream_qos(10))?,
+                    tf: publisher(&mut node, "/tf", stream_qos(10))?,
+                    description: publisher(&mut node, "/robot_description", latched_qos())?,
+                })
+            } else {
+                None
+            },
             wrench: publisher(&mut node, "/probe/wrench", stream_qos(100))?,
             pose: publisher(&mut node, "/probe/pose", stream_qos(10))?,
-            tf: publisher(&mut node, "/tf", stream_qos(10))?,
             tf_static: publisher(&mut node, "/tf_static", latched_qos())?,
-            description: publisher(&mut node, "/robot_description", latched_qos())?,
             target_pose: subscription(&mut node, "/probe/target_pose", command_qos())?,
             force_setpoint: subscription(&mut node, "/probe/force_setpoint", command_qos())?,
             safety_events: publisher(&mut node, "/safety/events", frame_qos(100))?,
@@ -1374,12 +1399,15 @@ impl Worker {
 
     fn publish_latched(&self, ep: &Endpoints, state: &mut WorkerState) {
         let header = self.stamp(state, 0.0);
-        let mut transforms: Vec<TransformStamped> = self
-            .info
-            .tf
-            .static_transforms()
-            .map(|(parent, child, t)| transform_stamped(&header, parent, child, &t))
-            .collect();
+        let mut transforms: Vec<TransformStamped> = Vec::new();
+        if ep.robot.is_some() {
+            transforms.extend(
+                self.info
+                    .tf
+                    .static_transforms()
+                    .map(|(parent, child, t)| transform_stamped(&header, parent, child, &t)),
+            );
+        }
         if let Some(us) = &self.us {
             transforms.push(transform_stamped(
                 &header,
@@ -1388,16 +1416,20 @@ impl Worker {
                 &us.t_probe_image(),
             ));
         }
-        if let Err(e) = ep.tf_static.publish(TFMessage { transforms }) {
-            state.report.publish_errors += 1;
-            tracing::warn!("cannot publish /tf_static: {e:?}");
+        if !transforms.is_empty() {
+            if let Err(e) = ep.tf_static.publish(TFMessage { transforms }) {
+                state.report.publish_errors += 1;
+                tracing::warn!("cannot publish /tf_static: {e:?}");
+            }
         }
-        let description = StringMsg {
-            data: self.info.urdf_xml.clone(),
-        };
-        if let Err(e) = ep.description.publish(description) {
-            state.report.publish_errors += 1;
-            tracing::warn!("cannot publish /robot_description: {e:?}");
+        if let Some(robot) = &ep.robot {
+            let description = StringMsg {
+                data: self.info.urdf_xml.clone(),
+            };
+            if let Err(e) = robot.description.publish(description) {
+                state.report.publish_errors += 1;
+                tracing::warn!("cannot publish /robot_description: {e:?}");
+            }
         }
         if let (Some(sep), Some(scan)) = (&ep.scan, &self.scan) {
             let msg = StringMsg {
@@ -1697,36 +1729,8 @@ impl Worker {
         }
         if state.state_gate.due(s.time_s) {
             let header = self.stamp(state, s.time_s);
-            let n = s.dof.min(self.info.joint_names.len());
-            let js = JointState {
-                header: Header {
-                    stamp: header.stamp,
-                    frame_id: String::new(),
-                },
-                name: self.info.joint_names[..n].to_vec(),
-                position: s.q_rad[..n].to_vec(),
-                velocity: s.qd_rad_s[..n].to_vec(),
-                effort: Vec::new(),
-            };
-            match ep.joint_states.publish(js) {
-                Ok(()) => state.report.joint_states_published += 1,
-                Err(e) => {
-                    failed += 1;
-                    tracing::debug!("cannot publish /joint_states: {e:?}");
-                }
-            }
-            let transforms = self
-                .info
-                .tf
-                .moving_transforms(&s.q_rad[..n])
-                .map(|(parent, child, t)| transform_stamped(&header, parent, child, &t))
-                .collect();
-            match ep.tf.publish(TFMessage { transforms }) {
-                Ok(()) => state.report.tf_published += 1,
-                Err(e) => {
-                    failed += 1;
-                    tracing::debug!("cannot publish /tf: {e:?}");
-                }
+            if let Some(robot) = &ep.robot {
+                failed += self.publish_robot_state(robot, state, &header, s);
             }
             let pose = PoseStamped {
                 header,
@@ -1741,6 +1745,49 @@ impl Worker {
             }
         }
         state.report.publish_errors += failed;
+    }
+
+    /// `/joint_states` and `/tf` of one sample; returns the number of failed publications.
+    fn publish_robot_state(
+        &self,
+        robot: &RobotEndpoints,
+        state: &mut WorkerState,
+        header: &Header,
+        s: &StateSample,
+    ) -> u64 {
+        let mut failed = 0;
+        let n = s.dof.min(self.info.joint_names.len());
+        let js = JointState {
+            header: Header {
+                stamp: header.stamp,
+                frame_id: String::new(),
+            },
+            name: self.info.joint_names[..n].to_vec(),
+            position: s.q_rad[..n].to_vec(),
+            velocity: s.qd_rad_s[..n].to_vec(),
+            effort: Vec::new(),
+        };
+        match robot.joint_states.publish(js) {
+            Ok(()) => state.report.joint_states_published += 1,
+            Err(e) => {
+                failed += 1;
+                tracing::debug!("cannot publish /joint_states: {e:?}");
+            }
+        }
+        let transforms = self
+            .info
+            .tf
+            .moving_transforms(&s.q_rad[..n])
+            .map(|(parent, child, t)| transform_stamped(header, parent, child, &t))
+            .collect();
+        match robot.tf.publish(TFMessage { transforms }) {
+            Ok(()) => state.report.tf_published += 1,
+            Err(e) => {
+                failed += 1;
+                tracing::debug!("cannot publish /tf: {e:?}");
+            }
+        }
+        failed
     }
 
     fn take_commands(&self, ep: &Endpoints, state: &mut WorkerState) {

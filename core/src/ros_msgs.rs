@@ -268,6 +268,51 @@ ros_message!(
     []
 );
 
+/// `std_msgs/msg/MultiArrayDimension`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiArrayDimension {
+    pub label: String,
+    pub size: u32,
+    pub stride: u32,
+}
+ros_message!(
+    MultiArrayDimension,
+    MULTI_ARRAY_DIMENSION_DEF,
+    "std_msgs/msg/MultiArrayDimension",
+    "string label\nuint32 size\nuint32 stride\n",
+    []
+);
+
+/// `std_msgs/msg/MultiArrayLayout`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiArrayLayout {
+    pub dim: Vec<MultiArrayDimension>,
+    pub data_offset: u32,
+}
+ros_message!(
+    MultiArrayLayout,
+    MULTI_ARRAY_LAYOUT_DEF,
+    "std_msgs/msg/MultiArrayLayout",
+    "std_msgs/MultiArrayDimension[] dim\nuint32 data_offset\n",
+    [MULTI_ARRAY_DIMENSION_DEF]
+);
+
+/// `std_msgs/msg/Float64MultiArray` (the joint commands of a `ros2_control`
+/// `JointGroupPositionController`, one value per joint in the controller's `joints` order, with
+/// an empty layout).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Float64MultiArray {
+    pub layout: MultiArrayLayout,
+    pub data: Vec<f64>,
+}
+ros_message!(
+    Float64MultiArray,
+    FLOAT64_MULTI_ARRAY_DEF,
+    "std_msgs/msg/Float64MultiArray",
+    "std_msgs/MultiArrayLayout layout\nfloat64[] data\n",
+    [MULTI_ARRAY_LAYOUT_DEF]
+);
+
 // ---------------------------------------------------------------------------------------------
 // geometry_msgs
 
@@ -891,6 +936,26 @@ mod string_msg_tests {
         assert_eq!(bytes, [1, 0, 0, 0, 3, 0, 0, 0, b'o', b'k', 0]);
         let (back, _) = cdr_encoding::from_bytes::<TriggerResponse, LittleEndian>(&bytes).unwrap();
         assert_eq!(back, resp);
+    }
+
+    #[test]
+    fn float64_multi_array_has_the_rosidl_wire_form() {
+        let msg = Float64MultiArray {
+            layout: MultiArrayLayout::default(),
+            data: vec![0.5, -1.25],
+        };
+        let bytes = to_cdr(&msg).unwrap();
+        // Header; 0 dimensions; data_offset 0; length 2; 4 bytes of padding (doubles align to 8
+        // from the body's start); the 2 doubles.
+        let mut want = vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&0.5f64.to_le_bytes());
+        want.extend_from_slice(&(-1.25f64).to_le_bytes());
+        assert_eq!(bytes, want);
+        assert_eq!(from_cdr::<Float64MultiArray>(&bytes).unwrap(), msg);
+        let schema = Float64MultiArray::schema_text();
+        assert!(schema.starts_with("std_msgs/MultiArrayLayout layout\nfloat64[] data\n"));
+        assert!(schema.contains("MSG: std_msgs/MultiArrayLayout\n"));
+        assert!(schema.contains("MSG: std_msgs/MultiArrayDimension\nstring label\n"));
     }
 
     #[test]
