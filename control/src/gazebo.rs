@@ -654,7 +654,8 @@ mod tests {
         let mount = SensorMount::from_urdf(xml).unwrap();
         assert!((mount.p_sensor_child - Vector3::new(0.0, 0.0, 0.02)).norm() < 1e-12);
         // 10 N along x at the holder's origin is 0.2 N·m about the sensor's y.
-        let [f, t] = mount.sensor_wrench(Vector3::new(10.0, 0.0, -5.0), Vector3::new(0.0, 0.0, 0.1));
+        let [f, t] =
+            mount.sensor_wrench(Vector3::new(10.0, 0.0, -5.0), Vector3::new(0.0, 0.0, 0.1));
         assert!((f - Vector3::new(10.0, 0.0, -5.0)).norm() < 1e-12);
         assert!((t - Vector3::new(0.0, 0.2, 0.1)).norm() < 1e-12, "{t}");
     }

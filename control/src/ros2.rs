@@ -12,6 +12,9 @@
 //! | `/probe/target_pose` | `geometry_msgs/msg/PoseStamped` (base frame) | in | Reliable, Volatile, KeepLast 10 |
 //! | `/probe/force_setpoint` | `std_msgs/msg/Float64` (N; 0 = leave contact) | in | Reliable, Volatile, KeepLast 10 |
 //!
+//! With [`Ros2Config::robot_state`] off (a Gazebo launch publishes them), `/joint_states`, `/tf`,
+//! the arm's fixed joints on `/tf_static` and `/robot_description` are not published.
+//!
 //! DDS topic names carry the `rt/` prefix and DDS type names the `pkg::msg::dds_::Name_` form, as
 //! ROS 2's rmw layers do, so ROS 2 nodes on any DDS (Cyclone, Fast DDS) see these topics.
 //!
@@ -967,7 +970,7 @@ pub struct Ros2Adapter {
 
 impl Ros2Adapter {
     /// Where ultrasound frames go for publication (`None` without [`AttachOptions::us`]). Use
-    /// [`Ros2Adapter::send_frame`] or `try_send` on a clone: a full queue drops the frame.
+    /// [`FrameSender::send`] (a clone per thread): a full queue drops the frame.
     pub fn frame_sender(&self) -> Option<FrameSender> {
         self.frames.clone().map(|tx| FrameSender {
             tx,

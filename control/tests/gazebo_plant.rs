@@ -323,3 +323,49 @@ fn connect_without_gazebo_says_what_is_missing() {
     );
     assert!(msg.contains("telecho_gazebo.launch.py"), "{msg}");
 }
+
+/// The exported world offers exactly what the plant reads and writes: the command topic of its
+/// position controller (a `JointGroupPositionController` over the chain's joints in chain
+/// order), `joint_state_broadcaster`, and the F/T sensor bridged as `geometry_msgs/msg/Wrench`
+/// on the plant's topic.
+#[test]
+fn the_exported_gazebo_world_matches_the_plant_topics() {
+    let world = SimWorld::new(&WorldConfig::ur5e()).unwrap();
+    let dir = std::env::temp_dir().join(format!("telecho-gz-match-{}", std::process::id()));
+    let spec = telecho_sim::gazebo::GazeboExport::new(
+        "ur5e_probe",
+        UR5E,
+        world.phantom(),
+        world.ground_truth().t_base_ct,
+    );
+    let files = telecho_sim::gazebo::export_gazebo(&dir, &spec).unwrap();
+    let yaml = std::fs::read_to_string(&files.controllers).unwrap();
+    let launch = std::fs::read_to_string(&files.launch).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let controller = COMMAND_TOPIC
+        .strip_prefix('/')
+        .and_then(|t| t.strip_suffix("/commands"))
+        .unwrap();
+    assert_eq!(controller, telecho_sim::gazebo::POSITION_CONTROLLER);
+    assert!(yaml.contains(&format!(
+        "{controller}:\n      type: position_controllers/JointGroupPositionController"
+    )));
+    assert!(yaml.contains("joint_state_broadcaster"));
+    let chain = ProbeController::from_urdf_str(UR5E, ControllerConfig::default())
+        .unwrap()
+        .chain()
+        .joint_names()
+        .to_vec();
+    let listed: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert_eq!(listed, chain, "the controller's joints, in chain order");
+    assert_eq!(FT_TOPIC, telecho_sim::gazebo::FT_TOPIC);
+    assert!(launch.contains(&format!(
+        "{FT_TOPIC}@geometry_msgs/msg/Wrench[gz.msgs.Wrench"
+    )));
+    assert!(launch.contains("\"joint_state_broadcaster\""));
+    assert!(launch.contains("robot_state_publisher"));
+}

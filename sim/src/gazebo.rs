@@ -30,6 +30,7 @@ use nalgebra::Vector3;
 use telecho_core::Transform;
 
 use crate::error::ErrorKind;
+use crate::ft_sensor::FtSensorParams;
 use crate::phantom::Phantom;
 use crate::Error;
 
@@ -317,9 +318,25 @@ fn gazebo_urdf(
         xml_escape(&controllers_abs.display().to_string())
     );
     if let Some(sj) = sensor_joint {
+        // Gaussian noise per axis as the built-in sensor model's (and a real sensor's): the
+        // controller's supervisor takes 50 bit-identical samples for a stuck sensor, which a
+        // noiseless simulated sensor on a still arm would be.
+        let ft = FtSensorParams::default();
+        let noise = |sigma: f64| {
+            let mut axes = String::new();
+            for axis in ["x", "y", "z"] {
+                let _ = write!(
+                    axes,
+                    "<{axis}><noise type=\"gaussian\"><mean>0</mean><stddev>{sigma}</stddev></noise></{axis}>"
+                );
+            }
+            axes
+        };
         let _ = writeln!(
             s,
-            "\n  <!-- 6-axis F/T sensor between the sensor and the probe holder, 1 kHz. -->\n  <gazebo reference=\"{sj}\">\n    <preserveFixedJoint>true</preserveFixedJoint>\n    <sensor name=\"ft_sensor\" type=\"force_torque\">\n      <always_on>true</always_on>\n      <update_rate>1000</update_rate>\n      <topic>{FT_TOPIC}</topic>\n      <force_torque>\n        <frame>child</frame>\n        <measure_direction>child_to_parent</measure_direction>\n      </force_torque>\n    </sensor>\n  </gazebo>",
+            "\n  <!-- 6-axis F/T sensor between the sensor and the probe holder, 1 kHz. -->\n  <gazebo reference=\"{sj}\">\n    <preserveFixedJoint>true</preserveFixedJoint>\n    <sensor name=\"ft_sensor\" type=\"force_torque\">\n      <always_on>true</always_on>\n      <update_rate>1000</update_rate>\n      <topic>{FT_TOPIC}</topic>\n      <force_torque>\n        <frame>child</frame>\n        <measure_direction>child_to_parent</measure_direction>\n        <force>{}</force>\n        <torque>{}</torque>\n      </force_torque>\n    </sensor>\n  </gazebo>",
+            noise(ft.force_noise_n),
+            noise(ft.torque_noise_nm),
             sj = xml_escape(sj)
         );
     }
@@ -690,6 +707,13 @@ Then, for example, move the arm:
 ```sh
 ros2 topic pub --once /{POSITION_CONTROLLER}/commands std_msgs/msg/Float64MultiArray "{{data: [...]}}"
 ros2 topic echo {FT_TOPIC}
+```
+
+Or let telecho's control node drive the arm (same `ROS_DOMAIN_ID`, the export's seed):
+
+```sh
+telecho node control --gazebo --sim-seed <seed>
+telecho node call /scan/start
 ```
 
 Files: `urdf/{robot_name}.urdf` (arm + probe with `<ros2_control>` and `<gazebo>` tags; the

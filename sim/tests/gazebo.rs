@@ -106,6 +106,13 @@ fn check_urdf(files: &ExportedFiles, original: &str) {
             );
             if let Some(s) = g.children().find(|n| n.has_tag_name("sensor")) {
                 assert_eq!(s.attribute("type"), Some("force_torque"));
+                // Noise on every axis, as the built-in sensor's (0.05 N, 0.002 N·m).
+                let sigmas: Vec<f64> = s
+                    .descendants()
+                    .filter(|n| n.has_tag_name("stddev"))
+                    .map(|n| n.text().unwrap().parse().unwrap())
+                    .collect();
+                assert_eq!(sigmas, [0.05, 0.05, 0.05, 0.002, 0.002, 0.002]);
                 let parent = robot
                     .children()
                     .find(|n| n.has_tag_name("joint") && n.attribute("name") == Some(r))

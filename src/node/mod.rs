@@ -18,6 +18,12 @@
 //! `/safety/events` (`diagnostic_msgs/DiagnosticArray`). `--real-time-factor F` runs the
 //! simulator F times faster than real time (tests, demos).
 //!
+//! `telecho node control --gazebo` drives the arm of a running Gazebo launch (`telecho sim
+//! export-gazebo`) instead, through its `ros2_control` topics (`telecho_control::gazebo`), with the
+//! same adapter minus `/joint_states`, `/tf` and `/robot_description` (the launch publishes those)
+//! and without ultrasound. The loop steps with Gazebo: its `compute` times include the wait for
+//! Gazebo's next joint state, and its deadline misses count the cycles Gazebo was slower than 1 kHz.
+//!
 //! `telecho node perception` (in [`perception`]) collects that stream into a tracked sweep and
 //! registers the patient's CBCT to it on `/perception/register`.
 //!
@@ -32,14 +38,15 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use telecho_control::gazebo::{GazeboConfig, GazeboPlant, GazeboReport, GAZEBO_FT_STALE_S};
 use telecho_control::ros2::{
     self, AttachOptions, FrameSender, ProbeDescription, ProtocolInfo, Ros2Config, Ros2Report,
     RosPlant, ScanService, ScanTag, ScanTagReader, SweepDescription, UsFrame, UsGeometry,
 };
 use telecho_control::rt_loop::Plant;
 use telecho_control::{
-    spawn_realtime_until, ControlOutput, ExecutorConfig, FtSample, ProbeOrientation, RtConfig,
-    ScanExecutor, ScanProtocol,
+    spawn_realtime_until, ControlOutput, ExecutorConfig, FtSample, LoopStats, ProbeController,
+    ProbeOrientation, RtConfig, ScanExecutor, ScanProtocol, Wrench,
 };
 use telecho_core::Transform;
 use telecho_sim::plant::operator_start_pose;
@@ -130,9 +137,16 @@ fn call(args: &CallArgs) -> CliResult {
 
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
-    /// Run on the built-in simulator (required today: no hardware driver yet).
-    #[arg(long)]
+    /// Run on the built-in simulator.
+    #[arg(long, conflicts_with = "gazebo")]
     sim: bool,
+    /// Drive the arm of a running Gazebo launch (`telecho sim export-gazebo`) through its
+    /// ros2_control topics: /joint_states and /telecho/ft_sensor in,
+    /// /telecho_position_controller/commands out. The node then leaves /joint_states, /tf and
+    /// /robot_description to the launch's broadcaster and robot_state_publisher. Use the
+    /// export's --seed as --sim-seed (the patient the scan plans on).
+    #[arg(long)]
+    gazebo: bool,
     /// Expose the node over ROS 2 (implied: always on in builds with the `ros2` feature).
     #[arg(long)]
     ros2: bool,
@@ -185,12 +199,17 @@ struct Summary {
     /// Largest difference between the adapter's and the controller's F/T bias, N.
     ft_bias_mismatch_n: f64,
     real_time_factor: f64,
+    /// `sim` or `gazebo`.
+    plant: &'static str,
     /// Ultrasound frames rendered (published: `ros2.images_published`).
     frames_rendered: u64,
     /// State of the last scan run at the end (`null`: none ran).
     scan_state: Option<&'static str>,
     scan_abort_cause: Option<String>,
     ros2: Ros2Report,
+    /// What was exchanged with Gazebo (`--gazebo` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gazebo: Option<GazeboReport>,
 }
 
 pub(crate) fn run(command: &NodeCommand) -> CliResult {
@@ -312,9 +331,10 @@ fn render_frames(
 }
 
 fn control(args: &ControlArgs) -> CliResult {
-    if !args.sim {
+    if !args.sim && !args.gazebo {
         return Err(CliError::input(anyhow!(
-            "node control needs --sim: there is no hardware driver yet"
+            "node control needs --sim (the built-in simulator) or --gazebo (a running Gazebo \
+             launch): there is no hardware driver yet"
         )));
     }
     let _ = args.ros2; // Implied: the adapter always runs.
@@ -335,12 +355,19 @@ fn control(args: &ControlArgs) -> CliResult {
         domain_id,
         wrench_rate_hz: args.wrench_rate_hz,
         state_rate_hz: args.state_rate_hz,
+        // Under Gazebo, joint_state_broadcaster and robot_state_publisher publish these.
+        robot_state: !args.gazebo,
         ..Ros2Config::default()
     };
     if !(args.real_time_factor.is_finite() && (1.0..=10.0).contains(&args.real_time_factor)) {
         return Err(CliError::input(anyhow!(
             "--real-time-factor {} must be within 1–10",
             args.real_time_factor
+        )));
+    }
+    if args.gazebo && args.real_time_factor != 1.0 {
+        return Err(CliError::input(anyhow!(
+            "--real-time-factor is for the built-in simulator; Gazebo keeps its own pace"
         )));
     }
     if !(args.us_rate_hz.is_finite() && (0.0..=100.0).contains(&args.us_rate_hz)) {
@@ -374,6 +401,98 @@ fn control(args: &ControlArgs) -> CliResult {
         }),
         protocol: info,
     };
+    // SIGINT/SIGTERM end the loop after the cycle under way; the summary is still printed.
+    crate::teleop::serve::install_interrupt_handler();
+    let ends = Ends {
+        args,
+        domain_id,
+        deadlines,
+    };
+    if args.gazebo {
+        control_gazebo(&ends, world, controller, &config, scan)
+    } else {
+        control_sim(&ends, world, controller, &config, scan, us_params)
+    }
+}
+
+/// What both plants' runs share.
+struct Ends<'a> {
+    args: &'a ControlArgs,
+    domain_id: u16,
+    deadlines: u64,
+}
+
+/// `--gazebo`: the Gazebo arm through its ros2_control topics, in real time, stepping with gz.
+fn control_gazebo(
+    ends: &Ends<'_>,
+    world: SimWorld,
+    controller: ProbeController,
+    config: &Ros2Config,
+    scan: ScanService,
+) -> CliResult {
+    let args = ends.args;
+    // The simulated world only planned the scan; Gazebo is the arm and the patient.
+    drop(world);
+    // The F/T reaches the controller over DDS: the staleness limit of a bridged sensor.
+    let mut cc = *controller.config();
+    cc.safety.ft_stale_s = GAZEBO_FT_STALE_S;
+    let (_, xml) = args.arm.bundled();
+    let controller = ProbeController::from_urdf_str(xml, cc).map_err(CliError::failed)?;
+    let gz = GazeboPlant::connect(
+        controller.chain(),
+        xml,
+        &GazeboConfig {
+            domain_id: ends.domain_id,
+            ..GazeboConfig::default()
+        },
+    )
+    .map_err(CliError::failed)?;
+    let options = AttachOptions {
+        scan: Some(scan),
+        us: None,
+    };
+    let (plant, targets, adapter) =
+        ros2::attach_with(gz, &controller, xml, config, options).map_err(CliError::failed)?;
+    let handle = spawn_realtime_until(
+        plant,
+        controller,
+        targets,
+        PERIOD,
+        ends.deadlines,
+        RtConfig::default(),
+        Some(&crate::teleop::serve::INTERRUPTED),
+    )
+    .map_err(CliError::failed)?;
+    let run = handle
+        .join()
+        .map_err(|_| CliError::failed(anyhow!("the control thread panicked")))?;
+    let report = adapter.stop().map_err(CliError::failed)?;
+    let bias_adapter = run.plant.ft_compensator().bias();
+    let gazebo = run.plant.into_inner().stop();
+    let summary = summarize(
+        ends,
+        &run.stats,
+        &run.output,
+        &run.controller,
+        &bias_adapter,
+        run.source.executor(),
+        report,
+        0,
+        Some(gazebo),
+    );
+    print_summary(&summary, args.json)
+}
+
+/// `--sim`: the built-in simulator, its ultrasound rendered on its own thread.
+fn control_sim(
+    ends: &Ends<'_>,
+    world: SimWorld,
+    controller: ProbeController,
+    config: &Ros2Config,
+    scan: ScanService,
+    us_params: UsParams,
+) -> CliResult {
+    let args = ends.args;
     let us = UltrasoundSim::new(Phantom::generate(args.sim_seed), us_params, args.sim_seed)
         .map_err(CliError::failed)?;
     let f = us.new_frame();
@@ -388,7 +507,7 @@ fn control(args: &ControlArgs) -> CliResult {
         us: (args.us_rate_hz > 0.0).then_some(geometry),
     };
     let (plant, targets, adapter) =
-        ros2::attach_with(world, &controller, xml, &config, options).map_err(CliError::failed)?;
+        ros2::attach_with(world, &controller, xml, config, options).map_err(CliError::failed)?;
     let (job_tx, job_rx) = mpsc::sync_channel(4);
     let renderer = match adapter.frame_sender() {
         Some(sender) => Some(
@@ -422,14 +541,12 @@ fn control(args: &ControlArgs) -> CliResult {
         ..RtConfig::default()
     };
     let wall_period = PERIOD.div_f64(args.real_time_factor);
-    // SIGINT/SIGTERM end the loop after the cycle under way; the summary is still printed.
-    crate::teleop::serve::install_interrupt_handler();
     let handle = spawn_realtime_until(
         tap,
         controller,
         targets,
         wall_period,
-        deadlines,
+        ends.deadlines,
         rt,
         Some(&crate::teleop::serve::INTERRUPTED),
     )
@@ -450,68 +567,107 @@ fn control(args: &ControlArgs) -> CliResult {
         None => 0,
     };
     let report = adapter.stop().map_err(CliError::failed)?;
-    let scan_state = run.source.executor().map(|e| {
-        (
-            e.state().name(),
-            e.abort_cause().as_ref().map(ToString::to_string),
-        )
-    });
+    let summary = summarize(
+        ends,
+        &run.stats,
+        &run.output,
+        &run.controller,
+        &plant.ft_compensator().bias(),
+        run.source.executor(),
+        report,
+        rendered,
+        None,
+    );
+    print_summary(&summary, args.json)
+}
 
-    let bias_adapter = plant.ft_compensator().bias();
-    let bias_controller = run.controller.ft_compensator().bias();
-    let p = run.output.t_base_probe.translation;
-    let summary = Summary {
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    ends: &Ends<'_>,
+    stats: &LoopStats,
+    output: &ControlOutput,
+    controller: &ProbeController,
+    bias_adapter: &Wrench,
+    executor: Option<&ScanExecutor>,
+    report: Ros2Report,
+    frames_rendered: u64,
+    gazebo: Option<GazeboReport>,
+) -> Summary {
+    let args = ends.args;
+    let bias_controller = controller.ft_compensator().bias();
+    let p = output.t_base_probe.translation;
+    Summary {
         arm: match args.arm {
             Arm::Ur5e => "ur5e",
             Arm::Panda => "panda",
         },
         seed: args.sim_seed,
-        domain_id,
-        // Simulated seconds: each period advances the simulator by 1 ms.
-        duration_s: run.stats.deadlines as f64 * PERIOD.as_secs_f64(),
-        cycles: run.stats.cycles,
-        deadline_misses: run.stats.deadline_misses,
-        compute_median_us: run.stats.compute.median_s * 1e6,
-        jitter_p99_us: run.stats.jitter.p99_s * 1e6,
-        safety_state: format!("{:?}", run.output.safety),
+        domain_id: ends.domain_id,
+        // Simulated seconds under --sim (each period advances the simulator by 1 ms); wall
+        // seconds under --gazebo.
+        duration_s: stats.deadlines as f64 * PERIOD.as_secs_f64(),
+        cycles: stats.cycles,
+        deadline_misses: stats.deadline_misses,
+        compute_median_us: stats.compute.median_s * 1e6,
+        jitter_p99_us: stats.jitter.p99_s * 1e6,
+        safety_state: format!("{:?}", output.safety),
         probe_position_m: [p.x, p.y, p.z],
         ft_bias_mismatch_n: (bias_adapter.force_n - bias_controller.force_n).amax(),
         real_time_factor: args.real_time_factor,
-        frames_rendered: rendered,
-        scan_state: scan_state.as_ref().map(|s| s.0),
-        scan_abort_cause: scan_state.and_then(|s| s.1),
+        plant: if gazebo.is_some() { "gazebo" } else { "sim" },
+        frames_rendered,
+        scan_state: executor.map(|e| e.state().name()),
+        scan_abort_cause: executor.and_then(|e| e.abort_cause().as_ref().map(ToString::to_string)),
         ros2: report,
-    };
-    if args.json {
+        gazebo,
+    }
+}
+
+fn print_summary(summary: &Summary, json: bool) -> CliResult {
+    if json {
         println!(
             "{}",
-            serde_json::to_string(&summary).map_err(CliError::failed)?
+            serde_json::to_string(summary).map_err(CliError::failed)?
         );
-    } else {
-        let r = &summary.ros2;
+        return Ok(());
+    }
+    let r = &summary.ros2;
+    let p = summary.probe_position_m;
+    println!(
+        "control node ({}): {} cycles in {:.1} s ({} deadline misses), safety {}, probe at \
+         [{:.4}, {:.4}, {:.4}] m",
+        summary.plant,
+        summary.cycles,
+        summary.duration_s,
+        summary.deadline_misses,
+        summary.safety_state,
+        p[0],
+        p[1],
+        p[2]
+    );
+    println!(
+        "ROS 2 (domain {}): published {} wrench, {} joint_states, {} tf; targets {} \
+         accepted / {} rejected, force setpoints {} / {}; {} samples dropped",
+        summary.domain_id,
+        r.wrench_published,
+        r.joint_states_published,
+        r.tf_published,
+        r.targets_accepted,
+        r.targets_rejected,
+        r.forces_accepted,
+        r.forces_rejected,
+        r.samples_dropped
+    );
+    if let Some(g) = &summary.gazebo {
         println!(
-            "control node: {} cycles in {:.1} s ({} deadline misses), safety {}, probe at \
-             [{:.4}, {:.4}, {:.4}] m",
-            summary.cycles,
-            summary.duration_s,
-            summary.deadline_misses,
-            summary.safety_state,
-            p.x,
-            p.y,
-            p.z
-        );
-        println!(
-            "ROS 2 (domain {}): published {} wrench, {} joint_states, {} tf; targets {} \
-             accepted / {} rejected, force setpoints {} / {}; {} samples dropped",
-            domain_id,
-            r.wrench_published,
-            r.joint_states_published,
-            r.tf_published,
-            r.targets_accepted,
-            r.targets_rejected,
-            r.forces_accepted,
-            r.forces_rejected,
-            r.samples_dropped
+            "Gazebo: {} joint states ({} refused), {} wrenches in; {} commands out ({} dropped); \
+             {} stale reads",
+            g.joint_states_received,
+            g.joint_states_refused,
+            g.wrenches_received,
+            g.commands_published,
+            g.commands_dropped,
+            g.stale_reads
         );
     }
     Ok(())
