@@ -15,91 +15,12 @@ use serde_json::Value;
 use telecho_core::peers::{missing_peer, python_output};
 use telecho_sim::{SimWorld, UrdfSource, WorldConfig};
 
+/// The message types of the peer (prepended to [`PEER`]).
+const ROS2_TYPES: &str = include_str!("peers/ros2_types.py");
+
 /// The peer. Arguments: domain id, then the six initial joint positions (URDF order). Prints
 /// one JSON object.
 const PEER: &str = r#"
-import json, math, random, struct, sys, time
-from dataclasses import dataclass
-from cyclonedds.domain import DomainParticipant
-from cyclonedds.topic import Topic
-from cyclonedds.sub import DataReader
-from cyclonedds.pub import DataWriter
-from cyclonedds.qos import Qos, Policy
-from cyclonedds.util import duration
-from cyclonedds.idl import IdlStruct
-from cyclonedds.idl.types import sequence, float64, int32, uint32
-
-@dataclass
-class Time(IdlStruct, typename="builtin_interfaces::msg::dds_::Time_"):
-    sec: int32
-    nanosec: uint32
-
-@dataclass
-class Header(IdlStruct, typename="std_msgs::msg::dds_::Header_"):
-    stamp: Time
-    frame_id: str
-
-@dataclass
-class MultiArrayDimension(IdlStruct, typename="std_msgs::msg::dds_::MultiArrayDimension_"):
-    label: str
-    size: uint32
-    stride: uint32
-
-@dataclass
-class MultiArrayLayout(IdlStruct, typename="std_msgs::msg::dds_::MultiArrayLayout_"):
-    dim: sequence[MultiArrayDimension]
-    data_offset: uint32
-
-@dataclass
-class Float64MultiArray(IdlStruct, typename="std_msgs::msg::dds_::Float64MultiArray_"):
-    layout: MultiArrayLayout
-    data: sequence[float64]
-
-@dataclass
-class Vector3(IdlStruct, typename="geometry_msgs::msg::dds_::Vector3_"):
-    x: float64
-    y: float64
-    z: float64
-
-@dataclass
-class Point(IdlStruct, typename="geometry_msgs::msg::dds_::Point_"):
-    x: float64
-    y: float64
-    z: float64
-
-@dataclass
-class Quaternion(IdlStruct, typename="geometry_msgs::msg::dds_::Quaternion_"):
-    x: float64
-    y: float64
-    z: float64
-    w: float64
-
-@dataclass
-class Pose(IdlStruct, typename="geometry_msgs::msg::dds_::Pose_"):
-    position: Point
-    orientation: Quaternion
-
-@dataclass
-class PoseStamped(IdlStruct, typename="geometry_msgs::msg::dds_::PoseStamped_"):
-    header: Header
-    pose: Pose
-
-@dataclass
-class Wrench(IdlStruct, typename="geometry_msgs::msg::dds_::Wrench_"):
-    force: Vector3
-    torque: Vector3
-
-@dataclass
-class JointState(IdlStruct, typename="sensor_msgs::msg::dds_::JointState_"):
-    header: Header
-    name: sequence[str]
-    position: sequence[float64]
-    velocity: sequence[float64]
-    effort: sequence[float64]
-
-def bits(x):
-    return struct.unpack("<Q", struct.pack("<d", x))[0]
-
 random.seed(7)
 domain = int(sys.argv[1])
 q = [float(v) for v in sys.argv[2:8]]
@@ -219,7 +140,7 @@ fn control_node_drives_the_gazebo_ros2_control_topics_over_cyclone_dds() {
     let q0: Vec<f64> = world.arm().true_q().to_vec();
     let q0_args: Vec<String> = q0.iter().map(|v| format!("{v:?}")).collect();
     let peer = Command::new("python3")
-        .args(["-c", PEER, &domain])
+        .args(["-c", &format!("{ROS2_TYPES}{PEER}"), &domain])
         .args(&q0_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
