@@ -27,10 +27,17 @@
 //! (a joint missing, lengths that disagree, a non-finite position) is refused, counted and
 //! leaves the last good one, which then goes stale. Non-finite commands are never published.
 //!
-//! **Threads.** As in [`crate::ros2`], the 1 kHz thread never touches DDS: it reads the newest
-//! measurements with a `try_lock` (on contention it reuses the previous cycle's) and hands
-//! commands over a bounded channel with `try_send`; a DDS thread publishes the newest command
-//! and takes the measurements.
+//! **Stepping with the simulator.** Each control cycle waits for a joint state newer than the one
+//! it used, until that one goes stale, so the loop runs at the simulator's pace, as `ros2_control`
+//! controllers run inside gz's update. On the wall clock alone, while gz lags the controller's
+//! reference runs ahead of the paused world and, when gz resumes, the arm is commanded a step
+//! (30 ms at 0.1 m/s is 3 mm; measured as a speed fault in `gazebo_plant`). A silent simulator
+//! reads stale at once and the loop runs on the wall clock, in fault stop.
+//!
+//! **Threads.** As in [`crate::ros2`], the 1 kHz thread never touches DDS: it takes the newest
+//! measurements from a mutex the DDS thread fills (and signals), and hands commands over a
+//! bounded channel with `try_send`; the DDS thread publishes the newest command and takes the
+//! measurements.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -75,12 +82,6 @@ pub struct GazeboConfig {
     pub joint_stale_s: f64,
     /// How long [`GazeboPlant::connect`] waits for the first joint state and wrench.
     pub connect_timeout: Duration,
-    /// Step with the simulator (default true): each control cycle waits (until the last joint
-    /// state goes stale) for a newer one than it used, so the loop runs at
-    /// the simulator's pace, as `ros2_control` controllers run inside gz's update. Without it the
-    /// loop runs on the wall clock and, while gz lags, its reference runs ahead of the paused
-    /// world: when gz resumes the arm is commanded a step (a 30 ms lag at 0.1 m/s is 3 mm).
-    pub sync: bool,
 }
 
 impl Default for GazeboConfig {
@@ -89,7 +90,6 @@ impl Default for GazeboConfig {
             domain_id: 0,
             joint_stale_s: 0.05,
             connect_timeout: Duration::from_secs(10),
-            sync: true,
         }
     }
 }
@@ -164,7 +164,6 @@ pub struct GazeboPlant {
     origin: Instant,
     dof: usize,
     joint_stale_s: f64,
-    sync: bool,
     shared: Arc<Shared>,
     cache: Measured,
     commands: SyncSender<Command>,
@@ -262,7 +261,6 @@ impl GazeboPlant {
             origin,
             dof,
             joint_stale_s: config.joint_stale_s,
-            sync: config.sync,
             shared,
             cache: Measured::new(dof),
             commands: tx,
@@ -350,7 +348,7 @@ impl Plant for GazeboPlant {
         // simulator then reads stale at once, and the loop runs on the wall clock again.
         let left_s =
             self.cache.joints_at_s + self.joint_stale_s - self.origin.elapsed().as_secs_f64();
-        if self.sync && left_s > 0.0 {
+        if left_s > 0.0 {
             let last = self.cache.seq;
             let wait = Duration::from_secs_f64(left_s);
             let guard = match self.shared.measured.lock() {
@@ -367,7 +365,7 @@ impl Plant for GazeboPlant {
             };
             self.cache = *guard;
         } else if let Ok(m) = self.shared.measured.try_lock() {
-            // Never wait for the DDS thread: on contention this cycle reuses the previous one.
+            // Stale already: no wait; on contention this cycle reuses the previous reading.
             self.cache = *m;
         }
         let now_s = self.origin.elapsed().as_secs_f64();
