@@ -14,6 +14,7 @@ pub mod net;
 pub mod pki;
 pub mod predict;
 pub mod session;
+pub mod setpoint_link;
 pub mod us_codec;
 pub mod view;
 pub mod watchdog;
