@@ -30,6 +30,7 @@
 //! Exit codes: 0 the run ended; 1 DDS or the control thread failed; 2 bad arguments.
 
 mod perception;
+mod teleop;
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -71,6 +72,12 @@ pub(crate) enum NodeCommand {
     /// --register-when-done), registers the CBCT to it; publishes /perception/landmarks,
     /// /perception/registration and base → ct on /tf_static.
     Perception(perception::PerceptionArgs),
+    /// The teleoperation patient side on ROS 2: serves remote operators over QUIC (mutual TLS,
+    /// lease, audit log) and steers a control node through /probe/target_pose and
+    /// /probe/force_setpoint with its own link-loss policy (hold after 100 ms, retract after
+    /// 1 s, nothing on stale input); robot state, haptics and ultrasound from /probe/pose,
+    /// /joint_states, /probe/wrench and /us/image.
+    Teleop(teleop::TeleopArgs),
     /// Calls a std_srvs/srv/Trigger service of a running node (/scan/start, /scan/stop,
     /// /perception/register) and prints the answer; exits 1 when the answer is `success: false`.
     Call(CallArgs),
@@ -216,6 +223,7 @@ pub(crate) fn run(command: &NodeCommand) -> CliResult {
     match command {
         NodeCommand::Control(args) => control(args),
         NodeCommand::Perception(args) => perception::run(args),
+        NodeCommand::Teleop(args) => teleop::run(args),
         NodeCommand::Call(args) => call(args),
     }
 }

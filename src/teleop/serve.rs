@@ -266,13 +266,7 @@ fn check_args(a: &ServeArgs) -> Result<(), CliError> {
             "only the simulator is supported so far: pass --sim"
         )));
     }
-    if let Some(d) = a.duration_s {
-        if !(d.is_finite() && d > 0.0 && d <= 1e6) {
-            return Err(CliError::input(anyhow!(
-                "--duration-s must be a positive number of seconds, got {d}"
-            )));
-        }
-    }
+    check_common(a.duration_s, a.max_age_ms)?;
     if !(a.state_hz.is_finite() && (60.0..=1000.0).contains(&a.state_hz)) {
         return Err(CliError::input(anyhow!(
             "--state-hz must be within 60–1000, got {}",
@@ -283,12 +277,6 @@ fn check_args(a: &ServeArgs) -> Result<(), CliError> {
         return Err(CliError::input(anyhow!(
             "--us-fps must be within 0–60, got {}",
             a.us_fps
-        )));
-    }
-    if !(a.max_age_ms.is_finite() && (20.0..=2000.0).contains(&a.max_age_ms)) {
-        return Err(CliError::input(anyhow!(
-            "--max-age-ms must be within 20–2000, got {}",
-            a.max_age_ms
         )));
     }
     Ok(())
@@ -389,18 +377,84 @@ pub(crate) async fn patient_address(
 /// from the scenario's safety configuration.
 pub(crate) fn server_config(args: &ServeArgs, sc: &Scenario) -> Result<ServerConfig, CliError> {
     let safety = sc.controller.config().safety;
-    let mut config = ServerConfig::from_pki(&args.pki, args.listen)
-        .map_err(|e| CliError::input(anyhow!("--pki {}: {e}", args.pki.display())))?;
-    config.audit = Some(args.audit.clone());
+    site_server_config(
+        &args.pki,
+        args.listen,
+        &args.audit,
+        &safety,
+        args.max_age_ms,
+        &["lumbar", "default"],
+    )
+}
+
+/// The patient side's server configuration (shared by `teleop serve` and `node teleop`): the
+/// site PKI, the audit log, the acceptor's limits from the control node's safety configuration
+/// (workspace box, force limit less the setpoint margin), the accepted command age and the scan
+/// protocols the patient side can run.
+pub(crate) fn site_server_config(
+    pki: &std::path::Path,
+    listen: SocketAddr,
+    audit: &std::path::Path,
+    safety: &SafetyConfig,
+    max_age_ms: f64,
+    protocols: &[&str],
+) -> Result<ServerConfig, CliError> {
+    let mut config = ServerConfig::from_pki(pki, listen)
+        .map_err(|e| CliError::input(anyhow!("--pki {}: {e}", pki.display())))?;
+    config.audit = Some(audit.to_path_buf());
     config.core.acceptor.workspace_min_m = Vector3::from(safety.workspace_min_m);
     config.core.acceptor.workspace_max_m = Vector3::from(safety.workspace_max_m);
     config.core.acceptor.max_force_n = safety.force_limit_n - safety.setpoint_margin_n;
-    config.core.acceptor.max_age_s = args.max_age_ms * 1e-3;
-    config.core.protocols = vec!["lumbar".into(), "default".into()];
+    config.core.acceptor.max_age_s = max_age_ms * 1e-3;
+    config.core.protocols = protocols.iter().map(|p| (*p).to_owned()).collect();
     config.core.predictor.max_horizon_s = config.core.predictor.max_horizon_s.max(
-        (args.max_age_ms * 1e-3).min(1.0), // predict over the whole accepted age
+        (max_age_ms * 1e-3).min(1.0), // predict over the whole accepted age
     );
     Ok(config)
+}
+
+/// Waits until SIGINT/SIGTERM, `duration_s` (when given) or `stop`.
+pub(crate) async fn wait_for_stop(duration_s: Option<f64>, stop: &AtomicBool) {
+    install_interrupt_handler();
+    let until = duration_s.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    while !INTERRUPTED.load(Ordering::Relaxed)
+        && !stop.load(Ordering::Relaxed)
+        && until.is_none_or(|u| tokio::time::Instant::now() < u)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Shuts the server down (flushing the audit log) and returns the number of records in the
+/// verified log (0 when it does not verify).
+pub(crate) async fn close_server(
+    server: Arc<TeleopServer>,
+    audit: &std::path::Path,
+) -> Result<u64, CliError> {
+    match Arc::try_unwrap(server) {
+        Ok(s) => s.shutdown().await.map_err(CliError::failed)?,
+        Err(s) => s.flush_audit().map_err(CliError::failed)?,
+    }
+    Ok(telecho_teleop::audit::verify(audit)
+        .map(|v| v.records)
+        .unwrap_or(0))
+}
+
+/// Checks `--max-age-ms` and `--duration-s`, shared by the patient sides.
+pub(crate) fn check_common(duration_s: Option<f64>, max_age_ms: f64) -> Result<(), CliError> {
+    if let Some(d) = duration_s {
+        if !(d.is_finite() && d > 0.0 && d <= 1e6) {
+            return Err(CliError::input(anyhow!(
+                "--duration-s must be a positive number of seconds, got {d}"
+            )));
+        }
+    }
+    if !(max_age_ms.is_finite() && (20.0..=2000.0).contains(&max_age_ms)) {
+        return Err(CliError::input(anyhow!(
+            "--max-age-ms must be within 20–2000, got {max_age_ms}"
+        )));
+    }
+    Ok(())
 }
 
 /// Serves until Ctrl-C, `--duration-s` or `hooks.stop`; returns the run summary.
@@ -630,16 +684,7 @@ pub(crate) async fn serve(
         None
     };
 
-    install_interrupt_handler();
-    let until = args
-        .duration_s
-        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
-    while !INTERRUPTED.load(Ordering::Relaxed)
-        && !stop.load(Ordering::Relaxed)
-        && until.is_none_or(|u| tokio::time::Instant::now() < u)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_stop(args.duration_s, &stop).await;
     stop.store(true, Ordering::Relaxed);
     publisher.abort();
     let control_report = tokio::task::spawn_blocking(move || control.join())
@@ -668,13 +713,7 @@ pub(crate) async fn serve(
     report.us_fps = frames_rendered.load(Ordering::Relaxed) as f64 / duration_s.max(1e-9);
     report.force_limit_n = force_limit_n;
     report.audit = args.audit.display().to_string();
-    match Arc::try_unwrap(server) {
-        Ok(s) => s.shutdown().await.map_err(CliError::failed)?,
-        Err(s) => s.flush_audit().map_err(CliError::failed)?,
-    }
-    report.audit_records = telecho_teleop::audit::verify(&args.audit)
-        .map(|v| v.records)
-        .unwrap_or(0);
+    report.audit_records = close_server(server, &args.audit).await?;
     Ok(report)
 }
 
