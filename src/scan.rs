@@ -26,6 +26,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
@@ -33,11 +34,13 @@ use clap::Args;
 use serde::Serialize;
 use telecho_control::{
     run_simulated, AbortCause, Chain, ContactPhase, ControlOutput, ControllerConfig,
-    ExecutorConfig, ProbeController, ProbeOrientation, ProbeTarget, SafetyConfig, SafetyEvent,
-    SafetyEventKind, ScanExecutor, ScanProgress, ScanProtocol, ScanState, Severity, TargetSource,
+    ExecutorConfig, ImagingDepth, ProbeController, ProbeOrientation, ProbeTarget, SafetyConfig,
+    SafetyEvent, SafetyEventKind, ScanExecutor, ScanProgress, ScanProtocol, ScanState, Severity,
+    TargetSource,
 };
+use telecho_perception::imaging::{DepthPolicy, DepthSurvey};
 use telecho_perception::sweep_write::{
-    write_json_with_frames, FrameRecord, ProbeInfo, SweepEntry, SweepHeader,
+    write_json_with_frames, FrameRecord, ImagingInfo, ProbeInfo, SweepEntry, SweepHeader,
 };
 use telecho_sim::plant::{operator_start_pose, patient_workspace, seeded_stiffness_n_per_mm};
 use telecho_sim::{FtFault, Phantom, SimWorld, UltrasoundSim, UsFrame, UsParams};
@@ -305,6 +308,9 @@ pub(crate) struct ScanReport {
     pub(crate) safety_events: Vec<EventReport>,
     /// Events beyond the listed ones.
     pub(crate) safety_events_not_listed: usize,
+    /// How the ultrasound's imaging depth was set (absent when no sweep was recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) imaging: Option<ImagingInfo>,
     /// The output folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) out: Option<String>,
@@ -496,19 +502,25 @@ pub(crate) fn run_scan(
             let contact_phase = matches!(p.state, ScanState::Contact | ScanState::Sweep);
             if contact_phase && cycle.is_multiple_of(r.interval_cycles) {
                 let name = sweeps.get(p.sweep_index).map_or("", |s| s.name.as_str());
-                if let Err(e) = r.record(world, out, &p, name) {
-                    record_error = Some(e);
-                    return false;
-                }
-                if let Some(t) = tap.as_deref_mut() {
-                    let f = &r.frame;
-                    if let Err(e) = t.image(world.time_s(), f.width, f.height, &f.pixels) {
+                // `false`: a depth-survey frame, imaged but not recorded.
+                let recorded = match r.record(world, out, &p, name) {
+                    Ok(recorded) => recorded,
+                    Err(e) => {
                         record_error = Some(e);
                         return false;
                     }
-                }
-                if let Some(s) = sweeps.get_mut(p.sweep_index) {
-                    s.frames += 1;
+                };
+                if recorded {
+                    if let Some(t) = tap.as_deref_mut() {
+                        let f = &r.frame;
+                        if let Err(e) = t.image(world.time_s(), f.width, f.height, &f.pixels) {
+                            record_error = Some(e);
+                            return false;
+                        }
+                    }
+                    if let Some(s) = sweeps.get_mut(p.sweep_index) {
+                        s.frames += 1;
+                    }
                 }
             }
         }
@@ -592,6 +604,7 @@ pub(crate) fn run_scan(
         sweeps,
         safety_events: events,
         safety_events_not_listed: events_not_listed,
+        imaging: recorder.as_ref().and_then(|r| r.imaging_report()),
         out: None,
     })
 }
@@ -614,6 +627,10 @@ pub(crate) struct SweepRecorder {
     dir: PathBuf,
     us: UltrasoundSim,
     frame: UsFrame,
+    /// Until the imaging depth is chosen: the survey's scanner (imaging at the deepest depth)
+    /// and its decision state. `None` once decided, or with a fixed depth.
+    survey: Option<(UltrasoundSim, DepthSurvey)>,
+    imaging: ImagingInfo,
     chain: Chain,
     q: Vec<f64>,
     file: BufWriter<File>,
@@ -637,14 +654,60 @@ impl SweepRecorder {
         let file = File::create(&path)
             .with_context(|| format!("cannot create {}", path.display()))
             .map_err(CliError::failed)?;
-        let us = UltrasoundSim::new(Phantom::generate(sc.seed), UsParams::default(), sc.seed)
-            .map_err(CliError::failed)?;
+        let phantom = Arc::new(Phantom::generate(sc.seed));
+        let params = |depth_m: f64| UsParams {
+            depth_m,
+            ..UsParams::default()
+        };
+        let (depth_m, survey, imaging) = match sc.protocol.imaging {
+            ImagingDepth::Fixed(depth_m) => (
+                depth_m,
+                None,
+                ImagingInfo {
+                    mode: "fixed",
+                    depth_m,
+                    survey_depth_m: None,
+                    first_bone_m: None,
+                    survey_frames: None,
+                    survey_frames_with_bone: None,
+                },
+            ),
+            ImagingDepth::Auto {
+                min_depth_m,
+                max_depth_m,
+                below_first_bone_m,
+            } => {
+                let policy = DepthPolicy {
+                    min_depth_m,
+                    max_depth_m,
+                    below_first_bone_m,
+                    ..DepthPolicy::default()
+                };
+                let p = params(max_depth_m);
+                let sim =
+                    UltrasoundSim::new(phantom.clone(), p, sc.seed).map_err(CliError::failed)?;
+                let survey = DepthSurvey::new(policy, p.width, p.height, p.lateral_spacing_m())
+                    .map_err(CliError::failed)?;
+                let report = ImagingInfo {
+                    mode: "auto",
+                    depth_m: max_depth_m,
+                    survey_depth_m: Some(max_depth_m),
+                    first_bone_m: Some(None),
+                    survey_frames: Some(0),
+                    survey_frames_with_bone: Some(0),
+                };
+                (max_depth_m, Some((sim, survey)), report)
+            }
+        };
+        let us = UltrasoundSim::new(phantom, params(depth_m), sc.seed).map_err(CliError::failed)?;
         let frame = us.new_frame();
         let chain = sc.world.chain().clone();
         Ok(Self {
             dir: dir.to_owned(),
             us,
             frame,
+            survey,
+            imaging,
             q: vec![0.0; chain.dof()],
             chain,
             file: BufWriter::with_capacity(1 << 20, file),
@@ -664,13 +727,65 @@ impl SweepRecorder {
             .collect()
     }
 
+    /// The imaging depth, once chosen (`None` while the survey runs).
+    pub(crate) fn imaging_report(&self) -> Option<ImagingInfo> {
+        self.survey.is_none().then_some(self.imaging)
+    }
+
+    /// While the depth survey runs: images a survey frame at the probe pose and offers it.
+    /// Returns whether the depth is chosen; it is forced once the first sweep moves, so that a
+    /// scan whose survey never saw good contact still records its sweeps (at the deepest
+    /// depth, as a survey without bone chooses).
+    fn survey(&mut self, world: &SimWorld, p: &ScanProgress) -> anyhow::Result<bool> {
+        let Some((sim, survey)) = self.survey.as_mut() else {
+            return Ok(true);
+        };
+        let gt = world.ground_truth();
+        let mut frame = sim.new_frame();
+        sim.render(&gt.t_ct_probe, &mut frame)?;
+        let mut choice = survey.offer(
+            &frame.pixels,
+            frame.width,
+            frame.height,
+            frame.contact_fraction,
+        )?;
+        if choice.is_none() && p.state == ScanState::Sweep {
+            choice = Some(survey.conclude());
+        }
+        let Some(c) = choice else {
+            return Ok(false);
+        };
+        let params = UsParams {
+            depth_m: c.depth_m,
+            ..*self.us.params()
+        };
+        self.us = UltrasoundSim::new(sim.phantom().clone(), params, sim.seed())?;
+        self.frame = self.us.new_frame();
+        self.imaging.depth_m = c.depth_m;
+        self.imaging.first_bone_m = Some(c.first_bone_m);
+        self.imaging.survey_frames = Some(c.frames_used);
+        self.imaging.survey_frames_with_bone = Some(c.frames_with_bone);
+        self.survey = None;
+        tracing::info!(
+            depth_mm = c.depth_m * 1e3,
+            first_bone_mm = c.first_bone_m.map(|d| d * 1e3),
+            frames = c.frames_used,
+            "imaging depth chosen from the survey"
+        );
+        Ok(true)
+    }
+
+    /// Records one frame at the probe pose; `false` when it was a depth-survey frame instead.
     fn record(
         &mut self,
         world: &SimWorld,
         out: &ControlOutput,
         p: &ScanProgress,
         sweep: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
+        if !self.survey(world, p)? {
+            return Ok(false);
+        }
         let obs = world.observe();
         self.q.copy_from_slice(obs.q_rad);
         let t_base_probe = self.chain.fk(&self.q)?;
@@ -702,7 +817,7 @@ impl SweepRecorder {
                 .dot(&gt.t_base_probe.rotation.column(2).into_owned()),
             image_contact_fraction: self.frame.contact_fraction,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Flushes the frames and writes `sweep.json`.
@@ -760,6 +875,7 @@ impl SweepRecorder {
                 depth_m: params.depth_m,
                 slice_thickness_m: params.slice_thickness_m,
             },
+            imaging: self.imaging_report(),
             arm: arm_name(sc.arm).to_owned(),
             urdf: sc.arm.bundled().0.to_owned(),
             seed: sc.seed,

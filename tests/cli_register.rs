@@ -22,25 +22,51 @@ fn stderr(o: &Output) -> String {
 
 /// The scan of `seed` (once per test binary and seed).
 fn scanned(seed: u64) -> PathBuf {
-    static DIRS: OnceLock<std::sync::Mutex<Vec<(u64, PathBuf)>>> = OnceLock::new();
+    scanned_with(seed, None)
+}
+
+/// The scan of `seed` with `protocol` (`None`: the built-in one), once per test binary.
+fn scanned_with(seed: u64, protocol: Option<&Path>) -> PathBuf {
+    type Scans = Vec<(u64, Option<PathBuf>, PathBuf)>;
+    static DIRS: OnceLock<std::sync::Mutex<Scans>> = OnceLock::new();
     let dirs = DIRS.get_or_init(Default::default);
     let mut dirs = dirs.lock().unwrap();
-    if let Some((_, d)) = dirs.iter().find(|(s, _)| *s == seed) {
+    let protocol = protocol.map(Path::to_path_buf);
+    if let Some((_, _, d)) = dirs.iter().find(|(s, p, _)| *s == seed && *p == protocol) {
         return d.clone();
     }
-    let dir = telecho_testkit::scratch(&format!("cli-register-seed{seed}"));
+    let dir = telecho_testkit::scratch(&format!("cli-register-seed{seed}-{}", dirs.len()));
     std::fs::remove_dir_all(&dir).ok();
-    let o = telecho(&[
+    let seed_arg = seed.to_string();
+    let mut args = vec![
         "scan",
         "--sim-seed",
-        &seed.to_string(),
+        &seed_arg,
         "--out",
         dir.to_str().unwrap(),
         "--json",
-    ]);
+    ];
+    if let Some(p) = &protocol {
+        args.extend(["--protocol", p.to_str().unwrap()]);
+    }
+    let o = telecho(&args);
     assert!(o.status.success(), "scan failed: {}", stderr(&o));
-    dirs.push((seed, dir.clone()));
+    dirs.push((seed, protocol, dir.clone()));
     dir
+}
+
+/// The imaging depth `telecho scan` wrote into the sweep, m.
+fn sweep_depth_m(dir: &Path) -> f64 {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("sweep/sweep.json")).unwrap()).unwrap();
+    let depth = v["probe"]["depth_m"].as_f64().unwrap();
+    assert_eq!(
+        v["imaging"]["depth_m"].as_f64(),
+        Some(depth),
+        "{}",
+        v["imaging"]
+    );
+    depth
 }
 
 fn register(dir: &Path, sweep: &Path, extra: &[&str]) -> Output {
@@ -59,7 +85,11 @@ fn register(dir: &Path, sweep: &Path, extra: &[&str]) -> Output {
 }
 
 fn check_registration(seed: u64) {
-    let dir = scanned(seed);
+    check_registration_of(seed, &scanned(seed));
+}
+
+fn check_registration_of(seed: u64, dir: &Path) {
+    let dir = dir.to_path_buf();
     let gt = dir.join("ground_truth.json");
     let o = register(&dir, &dir, &["--ground-truth", gt.to_str().unwrap()]);
     assert!(o.status.success(), "seed {seed}: {}", stderr(&o));
@@ -128,6 +158,41 @@ fn check_registration(seed: u64) {
     let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt();
     // Detected CT landmark (within a few mm of the simulator's) plus registration error.
     assert!(d < 5e-3, "L3 spinous tip {:.2} mm from the truth", d * 1e3);
+}
+
+/// Seed 16 is a thick patient: its laminae lie about 84 mm under the skin. Imaged at a fixed
+/// 70 mm, only the spinous tips are in view and the registration is refused (too few bone
+/// points); the protocol's automatic depth images it at 120 mm and it registers.
+#[test]
+fn a_thick_patient_registers_once_the_depth_fits() {
+    let auto = scanned(16);
+    assert!(
+        (sweep_depth_m(&auto) - 0.120).abs() < 1e-9,
+        "chosen depth {} m",
+        sweep_depth_m(&auto)
+    );
+    check_registration_of(16, &auto);
+
+    let protocol = telecho_testkit::scratch("cli-register-fixed70.toml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/control/protocols/lumbar.toml"
+    ))
+    .unwrap();
+    let (head, rest) = text
+        .split_once("[imaging]")
+        .expect("the bundled [imaging] table");
+    let (_, sweeps) = rest.split_once("[[sweep]]").unwrap();
+    std::fs::write(
+        &protocol,
+        format!("{head}[imaging]\ndepth = 0.070\n\n[[sweep]]{sweeps}"),
+    )
+    .unwrap();
+    let fixed = scanned_with(16, Some(&protocol));
+    assert!((sweep_depth_m(&fixed) - 0.070).abs() < 1e-12);
+    let o = register(&fixed, &fixed, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("too few bone points"), "{}", stderr(&o));
 }
 
 #[test]

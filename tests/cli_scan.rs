@@ -270,6 +270,19 @@ fn default_protocol_scan_meets_the_contract() {
     assert_eq!(r["completed"], true);
     assert_eq!(r["final_state"], "done");
     assert_eq!(r["seed"], seed);
+    // The imaging depth was chosen from five survey frames at 120 mm: seed 3's spinous tips lie
+    // about 47 mm under the skin, so 47 + 45 mm rounds up to the 100 mm preset (its laminae,
+    // ~77 mm deep, are beyond the old fixed 70 mm).
+    let im = &r["imaging"];
+    assert_eq!(im["mode"], "auto", "{im}");
+    assert_eq!(im["survey_depth_m"], 0.12, "{im}");
+    assert_eq!(im["survey_frames"], 5, "{im}");
+    let first = im["first_bone_m"].as_f64().unwrap();
+    assert!((0.040..0.055).contains(&first), "first bone {first} m");
+    assert!(
+        (im["depth_m"].as_f64().unwrap() - 0.100).abs() < 1e-9,
+        "{im}"
+    );
     assert_eq!(r["arm"], "ur5e");
     assert!(r["force_rms_error_n"].as_f64().unwrap() <= 0.3);
     assert!(r["overshoot_n"].as_f64().unwrap() <= 2.0);

@@ -27,7 +27,7 @@ pub use executor::{
 pub use ft_compensation::{FtCompensator, FtSample};
 pub use kinematics::{Chain, IkConfig, IkReport, IkSolver, JointKind, JointLimits};
 pub use payload::{Payload, Wrench};
-pub use protocol::{ProbeOrientation, ScanProtocol, Sweep};
+pub use protocol::{ImagingDepth, ProbeOrientation, ScanProtocol, Sweep};
 pub use rt_loop::{
     run_simulated, spawn_realtime, spawn_realtime_until, spawn_realtime_with, CpuTimes, FnSource,
     LoopStats, Plant, RtConfig, RtRun, RtStatus, TargetSource, TimingSummary,

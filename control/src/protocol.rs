@@ -27,6 +27,12 @@
 //! force_n = 8.0           # optional, overrides the default
 //! speed_m_s = 0.02        # optional
 //! tilt_deg = 0.0          # optional, beam tilt toward the midline, |tilt| ≤ 30°
+//! [imaging]               # optional; the ultrasound's imaging depth
+//! depth = "auto"          # "auto" (default): chosen per patient from the first frames in
+//!                         # contact; or a fixed depth in metres, 0.02–0.30
+//! min_depth_m = 0.070     # "auto" only: bounds of the choice, 0.02–0.30
+//! max_depth_m = 0.120
+//! below_first_bone_m = 0.045  # "auto" only: depth kept below the first bone echo, 0–0.2
 //! ```
 //!
 //! Any error — TOML syntax, unknown key, wrong type, out-of-range value — names the line.
@@ -92,6 +98,43 @@ impl Sweep {
     }
 }
 
+/// How a scan sets the ultrasound imaging depth (the `[imaging]` table). The control node does
+/// not image; whoever acquires the frames applies this (see `telecho_perception::imaging`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ImagingDepth {
+    /// One depth for every patient, m.
+    Fixed(f64),
+    /// Chosen per patient from a survey of the first frames in contact: the first bone echo
+    /// plus `below_first_bone_m`, rounded up to 10 mm presets, within
+    /// `[min_depth_m, max_depth_m]`.
+    Auto {
+        /// Shallowest depth, m.
+        min_depth_m: f64,
+        /// Deepest depth (and the survey's), m.
+        max_depth_m: f64,
+        /// Depth kept below the first bone echo, m.
+        below_first_bone_m: f64,
+    },
+}
+
+const AUTO_MIN_DEPTH_M: f64 = 0.070;
+const AUTO_MAX_DEPTH_M: f64 = 0.120;
+const AUTO_BELOW_FIRST_BONE_M: f64 = 0.045;
+
+impl Default for ImagingDepth {
+    /// Automatic, 70–120 mm, 45 mm below the first bone echo.
+    fn default() -> Self {
+        Self::Auto {
+            min_depth_m: AUTO_MIN_DEPTH_M,
+            max_depth_m: AUTO_MAX_DEPTH_M,
+            below_first_bone_m: AUTO_BELOW_FIRST_BONE_M,
+        }
+    }
+}
+
+/// Range of imaging depths a protocol may ask for, m.
+pub const DEPTH_RANGE_M: (f64, f64) = (0.02, 0.30);
+
 /// A validated scan protocol.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScanProtocol {
@@ -108,6 +151,8 @@ pub struct ScanProtocol {
     pub force_ramp_s: f64,
     /// The sweeps, in order.
     pub sweeps: Vec<Sweep>,
+    /// How the ultrasound's imaging depth is set.
+    pub imaging: ImagingDepth,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +165,17 @@ struct RawProtocol {
     defaults: Option<Spanned<RawDefaults>>,
     #[serde(default)]
     sweep: Vec<Spanned<RawSweep>>,
+    #[serde(default)]
+    imaging: Option<Spanned<RawImaging>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImaging {
+    depth: Option<Spanned<toml::Value>>,
+    min_depth_m: Option<Spanned<f64>>,
+    max_depth_m: Option<Spanned<f64>>,
+    below_first_bone_m: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -183,6 +239,84 @@ impl Checker<'_> {
         } else {
             Err(self.err(v.span(), format!("{what} = {x} is outside [{min}, {max}]")))
         }
+    }
+}
+
+impl Checker<'_> {
+    fn imaging(&self, raw: &Spanned<RawImaging>) -> Result<ImagingDepth, Error> {
+        let r = raw.get_ref();
+        let auto_only = [
+            (&r.min_depth_m, "min_depth_m"),
+            (&r.max_depth_m, "max_depth_m"),
+            (&r.below_first_bone_m, "below_first_bone_m"),
+        ];
+        let fixed = match &r.depth {
+            None => None,
+            Some(v) => match v.get_ref() {
+                toml::Value::String(s) if s == "auto" => None,
+                toml::Value::Float(_) | toml::Value::Integer(_) => {
+                    let x = match v.get_ref() {
+                        toml::Value::Float(f) => *f,
+                        toml::Value::Integer(i) => *i as f64,
+                        _ => f64::NAN,
+                    };
+                    let field = Some(Spanned::new(v.span(), x));
+                    Some(self.value(&field, "depth", DEPTH_RANGE_M, x)?)
+                }
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        format!("depth must be \"auto\" or a depth in metres, got {other}"),
+                    ))
+                }
+            },
+        };
+        if let Some(depth) = fixed {
+            if let Some((f, name)) = auto_only
+                .iter()
+                .find_map(|(f, n)| f.as_ref().map(|f| (f, n)))
+            {
+                return Err(self.err(
+                    f.span(),
+                    format!("{name} applies to depth = \"auto\" only, not to a fixed depth"),
+                ));
+            }
+            return Ok(ImagingDepth::Fixed(depth));
+        }
+        let min = self.value(
+            &r.min_depth_m,
+            "min_depth_m",
+            DEPTH_RANGE_M,
+            AUTO_MIN_DEPTH_M,
+        )?;
+        let max = self.value(
+            &r.max_depth_m,
+            "max_depth_m",
+            DEPTH_RANGE_M,
+            AUTO_MAX_DEPTH_M,
+        )?;
+        if max < min {
+            let span = r
+                .max_depth_m
+                .as_ref()
+                .or(r.min_depth_m.as_ref())
+                .map_or(raw.span(), |v| v.span());
+            return Err(self.err(
+                span,
+                format!("max_depth_m = {max} must not be below min_depth_m = {min}"),
+            ));
+        }
+        let below = self.value(
+            &r.below_first_bone_m,
+            "below_first_bone_m",
+            (0.0, 0.2),
+            AUTO_BELOW_FIRST_BONE_M,
+        )?;
+        Ok(ImagingDepth::Auto {
+            min_depth_m: min,
+            max_depth_m: max,
+            below_first_bone_m: below,
+        })
     }
 }
 
@@ -288,6 +422,10 @@ impl ScanProtocol {
             }
             sweeps.push(sweep);
         }
+        let imaging = match &raw.imaging {
+            Some(i) => c.imaging(i)?,
+            None => ImagingDepth::default(),
+        };
         Ok(Self {
             name: raw.name,
             description: raw.description,
@@ -295,6 +433,7 @@ impl ScanProtocol {
             retract_height_m: retract,
             force_ramp_s: ramp,
             sweeps,
+            imaging,
         })
     }
 

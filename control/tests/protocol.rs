@@ -1,6 +1,6 @@
 //! Scan protocol files: the bundled default, and clear line-numbered errors for malformed files.
 
-use telecho_control::protocol::{ProbeOrientation, ScanProtocol};
+use telecho_control::protocol::{ImagingDepth, ProbeOrientation, ScanProtocol};
 
 #[test]
 fn bundled_lumbar_protocol_covers_l5_to_l1() {
@@ -104,6 +104,13 @@ fn malformed_protocols_name_the_line() {
         (format!("name = \"x\"\n{sweep}force_n = nan\n"), 7, "force_n"),
         // Retract below approach.
         (format!("name = \"x\"\n[defaults]\napproach_height_m = 0.1\nretract_height_m = 0.05\n{sweep}"), 4, "retract_height_m"),
+        // Imaging: a depth that is neither "auto" nor metres, out of range, bounds the wrong
+        // way round, an auto-only key beside a fixed depth, an unknown key.
+        (format!("name = \"x\"\n{sweep}[imaging]\ndepth = \"deep\"\n"), 8, "auto"),
+        (format!("name = \"x\"\n{sweep}[imaging]\ndepth = 0.5\n"), 8, "depth = 0.5"),
+        (format!("name = \"x\"\n{sweep}[imaging]\nmin_depth_m = 0.1\nmax_depth_m = 0.08\n"), 9, "max_depth_m"),
+        (format!("name = \"x\"\n{sweep}[imaging]\ndepth = 0.08\nmax_depth_m = 0.1\n"), 9, "auto"),
+        (format!("name = \"x\"\n{sweep}[imaging]\ndeph = 0.08\n"), 8, "deph"),
     ];
     for (text, line, needle) in cases {
         let err = ScanProtocol::from_toml_str(&text, "p.toml")
@@ -120,6 +127,43 @@ fn malformed_protocols_name_the_line() {
     assert!(err.to_string().contains("no [[sweep]]"), "{err}");
     let err = ScanProtocol::from_toml_str(sweep, "p.toml").unwrap_err();
     assert!(err.to_string().contains("name"), "{err}");
+}
+
+#[test]
+fn imaging_depth_is_automatic_unless_fixed() {
+    let sweep =
+        "[[sweep]]\nname = \"a\"\norientation = \"sagittal\"\nfrom = [0.0, 0.0]\nto = [0.0, 0.1]\n";
+    let parse = |extra: &str| {
+        ScanProtocol::from_toml_str(&format!("name = \"x\"\n{sweep}{extra}"), "p.toml")
+            .unwrap()
+            .imaging
+    };
+    // No table: automatic within 70–120 mm, 45 mm below the first bone echo.
+    let auto = ImagingDepth::Auto {
+        min_depth_m: 0.070,
+        max_depth_m: 0.120,
+        below_first_bone_m: 0.045,
+    };
+    assert_eq!(parse(""), auto);
+    assert_eq!(ScanProtocol::default_lumbar().imaging, auto);
+    assert_eq!(
+        parse("[imaging]\ndepth = 0.09\n"),
+        ImagingDepth::Fixed(0.09)
+    );
+    // An integer is not a depth in metres within range; a float is.
+    assert!(ScanProtocol::from_toml_str(
+        &format!("name = \"x\"\n{sweep}[imaging]\ndepth = 1\n"),
+        "p"
+    )
+    .is_err());
+    assert_eq!(
+        parse("[imaging]\ndepth = \"auto\"\nmax_depth_m = 0.15\nbelow_first_bone_m = 0.05\n"),
+        ImagingDepth::Auto {
+            min_depth_m: 0.070,
+            max_depth_m: 0.15,
+            below_first_bone_m: 0.05,
+        }
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod detect;
 pub mod dicom;
 mod error;
 pub mod fuse;
+pub mod imaging;
 pub mod io;
 pub mod pipeline;
 pub mod registration;

@@ -658,6 +658,7 @@ impl Node {
                 depth_m: protocol.probe.depth_m,
                 slice_thickness_m: protocol.probe.slice_thickness_m,
             },
+            imaging: None,
             arm: protocol.arm.clone(),
             urdf: protocol.urdf.clone(),
             seed: protocol.seed,

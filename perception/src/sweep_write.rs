@@ -52,6 +52,28 @@ pub struct SweepEntry {
     pub completed: bool,
 }
 
+/// How a sweep's imaging depth was set (`sweep.json` `imaging`, `telecho scan --json`
+/// `imaging`; see [`crate::imaging`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ImagingInfo {
+    /// `auto` (chosen from a survey of the first frames in contact) or `fixed`.
+    pub mode: &'static str,
+    /// Imaging depth of every frame, m.
+    pub depth_m: f64,
+    /// `auto`: the depth the survey frames were imaged at, m.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survey_depth_m: Option<f64>,
+    /// `auto`: median first bone echo of the survey frames, m (null: no bone seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_bone_m: Option<Option<f64>>,
+    /// `auto`: survey frames in contact (imaged, not recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survey_frames: Option<usize>,
+    /// `auto`: of those, the frames that saw bone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survey_frames_with_bone: Option<usize>,
+}
+
 /// `sweep.json` without its `frames` (written by [`write_json_with_frames`]).
 #[derive(Debug, Serialize)]
 pub struct SweepHeader {
@@ -70,6 +92,9 @@ pub struct SweepHeader {
     pub pose_source: &'static str,
     pub force_source: &'static str,
     pub probe: ProbeInfo,
+    /// How the imaging depth was set (absent: not recorded by the writer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imaging: Option<ImagingInfo>,
     pub arm: String,
     pub urdf: String,
     pub seed: u64,

@@ -71,6 +71,8 @@ struct Row {
     seed: u64,
     scan_completed: bool,
     frames: usize,
+    /// Imaging depth of the sweep (chosen per patient by the protocol's survey), m.
+    imaging_depth_m: f64,
     refused: Option<String>,
     refusal_kind: Option<&'static str>,
     /// TRE of the estimate (also for a refused one, to judge the refusal), 40 landmarks.
@@ -119,8 +121,8 @@ struct Aggregate {
     patients: usize,
     registered: usize,
     refused: usize,
-    /// Refused for too few bone points: a thick patient whose posterior elements lie beyond the
-    /// simulated probe's 70 mm imaging depth (only spinous tips, or nothing, in view).
+    /// Refused for too few bone points (e.g. a thick patient whose posterior elements lie beyond
+    /// the imaging depth: only spinous tips, or nothing, in view).
     refused_too_few_points: usize,
     /// Success among the patients with enough bone in view (not refused for too few points).
     success_rate_with_bone_in_view: f64,
@@ -236,6 +238,7 @@ fn run_seed(args: &BenchRegisterArgs, seed: u64, tmp: &std::path::Path) -> Resul
         seed,
         scan_completed: report.completed,
         frames: sweep.frame_count(),
+        imaging_depth_m: report.imaging.map_or(f64::NAN, |i| i.depth_m),
         refused: None,
         refusal_kind: None,
         tre_median_mm: f64::NAN,
