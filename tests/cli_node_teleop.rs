@@ -309,6 +309,44 @@ fn teleop_node_steers_the_control_node_over_dds_with_its_own_link_loss_policy() 
         assert_eq!(s.safety, SafetyCode::Normal);
         assert!(count() > 100, "{} set-points", count());
 
+        // Contact: press with 5 N at the goal; the control node searches down to the skin and
+        // regulates the force; the console gets the measured force and the contact model.
+        let pressing = Instant::now();
+        let mut iv = tokio::time::interval(Duration::from_millis(5));
+        let mut steady_since: Option<Instant> = None;
+        let mut model = None;
+        let mut force_n = 0.0;
+        while pressing.elapsed() < Duration::from_secs(15) {
+            iv.tick().await;
+            op.send_command(CommandMode::Contact, 5.0, Target::Pose(Pose { position_m: goal, orientation: s0.probe.orientation }));
+            while let Some(ev) = op.next_event(Duration::ZERO).await {
+                match ev {
+                    ConsoleEvent::State(s) => {
+                        force_n = s.force_n.norm();
+                        if (force_n - 5.0).abs() < 1.0 {
+                            steady_since.get_or_insert_with(Instant::now);
+                        } else {
+                            steady_since = None;
+                        }
+                    }
+                    ConsoleEvent::Haptic(h) if h.contact.is_some() => model = h.contact,
+                    _ => {}
+                }
+            }
+            if steady_since.is_some_and(|t| t.elapsed() > Duration::from_millis(700)) {
+                break;
+            }
+        }
+        eprintln!(
+            "pressing: {force_n:.2} N after {:.1} s, contact model {model:?}",
+            pressing.elapsed().as_secs_f64()
+        );
+        assert!((force_n - 5.0).abs() < 1.0, "contact force {force_n:.2} N");
+        let model = model.expect("a contact model from the measured wrench and pose");
+        assert!(model.stiffness_n_m > 100.0 && model.stiffness_n_m < 1e5, "{model:?}");
+        let pressed = next_state(&mut op).await;
+        let skin = pressed.probe.position_m;
+
         // Link loss: hold after 100 ms (the last target again), retract after 1 s (once).
         let silent = Instant::now();
         let n_silent = count();
@@ -334,16 +372,22 @@ fn teleop_node_steers_the_control_node_over_dds_with_its_own_link_loss_policy() 
                 .count()
         };
         eprintln!(
-            "hold after {:.0} ms ({holds} hold set-points, probe {:.2} mm from the goal), retract \
-             after {:.0} ms",
+            "hold after {:.0} ms ({holds} hold set-points, probe {:.2} mm from where it pressed, \
+             {:.2} N), retract after {:.0} ms",
             t_hold * 1e3,
-            (hold_pos - goal).norm() * 1e3,
+            (hold_pos - skin).norm() * 1e3,
+            hold.force_n.norm(),
             t_retract * 1e3
         );
         assert!((0.08..0.4).contains(&t_hold), "hold after {t_hold:.3} s");
         assert!((0.95..1.4).contains(&t_retract), "retract after {t_retract:.3} s");
         assert!(holds >= 10, "{holds} hold set-points in ~0.9 s");
-        assert!((hold_pos - goal).norm() < 1.5e-3);
+        assert!((hold_pos - skin).norm() < 1.5e-3);
+        assert!(
+            (hold.force_n.norm() - 5.0).abs() < 1.0,
+            "force regulation goes on while holding: {:.2} N",
+            hold.force_n.norm()
+        );
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let moved = next_state(&mut op).await;
         let lift_mm = (hold_pos - moved.probe.position_m).dot(&axis(&retract.probe)) * 1e3;
@@ -354,6 +398,7 @@ fn teleop_node_steers_the_control_node_over_dds_with_its_own_link_loss_policy() 
         );
         assert!((75.0..85.0).contains(&target_lift_mm), "{target_lift_mm:.1} mm");
         assert!(lift_mm > 10.0, "retract moved only {lift_mm:.1} mm");
+        assert!(moved.force_n.norm() < 0.5, "off the skin: {:.2} N", moved.force_n.norm());
         assert_eq!(moved.safety, SafetyCode::Retract);
         // Latched: commands publish nothing until the lease holder resets.
         let n = count();
@@ -366,6 +411,10 @@ fn teleop_node_steers_the_control_node_over_dds_with_its_own_link_loss_policy() 
         let s = steer(&mut op, 0.5, here, |_| here.position_m).await;
         assert_eq!(s.safety, SafetyCode::Normal, "normal after reset");
         assert!(count() > n);
+
+        // Scans run on the control node (`/scan/start`), not from here.
+        let req = op.request(|c| c.start_protocol("lumbar"));
+        assert_eq!(reply_to(&mut op, req).await, Some(ReplyStatus::Invalid));
 
         // E-stop: one set-point 20 mm up the probe axis, then nothing until reset.
         let before = next_state(&mut op).await.probe;
@@ -410,7 +459,7 @@ fn teleop_node_steers_the_control_node_over_dds_with_its_own_link_loss_policy() 
             let _ = bad_wrench.publish(WrenchStamped {
                 header: Header::new(0, "ft_sensor"),
                 wrench: Wrench {
-                    force: nan.clone(),
+                    force: nan,
                     torque: nan,
                 },
             });

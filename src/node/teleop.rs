@@ -208,14 +208,16 @@ pub(crate) fn run(args: &TeleopArgs) -> CliResult {
         None => Ros2Config::domain_from_env().map_err(CliError::input)?,
     };
     let (geo, safety) = geometry(args.arm)?;
-    // Scan protocols run on the control node (`/scan/start`); none is offered here.
+    // Scan protocols run on the control node (`/scan/start`); none is offered here. The one
+    // entry is not a valid protocol name, so the core answers every `StartProtocol` `Invalid`,
+    // naming where scans run (an empty list would pass any name on).
     let config = serve::site_server_config(
         &args.pki,
         args.listen,
         &args.audit,
         &safety,
         args.max_age_ms,
-        &[],
+        &["none here: call /scan/start on the control node"],
     )?;
     let summary = serve::runtime()?.block_on(async {
         let wall = Instant::now();

@@ -223,9 +223,12 @@ impl SetpointLink {
 
     /// True while an input is stale (or was never received).
     pub fn is_faulted(&self, now_s: f64) -> bool {
-        self.seen_s
-            .iter()
-            .any(|s| s.is_none_or(|t| !(now_s - t <= self.config.input_stale_s)))
+        self.seen_s.iter().any(|s| {
+            s.is_none_or(|t| {
+                let age_s = now_s - t;
+                age_s.is_nan() || age_s > self.config.input_stale_s
+            })
+        })
     }
 
     /// The safety code for the console at `now_s`.
