@@ -89,12 +89,12 @@ use crate::safety::{SafetyEvent, SafetyState};
 /// Most joints a [`StateSample`] carries.
 pub const MAX_DOF: usize = 16;
 /// Samples buffered between the control thread and the adapter (2 s at 1 kHz).
-const SAMPLE_QUEUE: usize = 2048;
+pub(crate) const SAMPLE_QUEUE: usize = 2048;
 /// Set-points buffered from the adapter to the control thread.
-const SETPOINT_QUEUE: usize = 64;
+pub(crate) const SETPOINT_QUEUE: usize = 64;
 
 /// Safety events queued for publication (a burst beyond this is counted and dropped).
-const EVENT_QUEUE: usize = 256;
+pub(crate) const EVENT_QUEUE: usize = 256;
 
 /// Ultrasound frames queued for publication.
 const FRAME_QUEUE: usize = 8;
@@ -623,14 +623,14 @@ pub struct UsFrame {
 }
 
 /// A `/scan/start` or `/scan/stop` for the control thread.
-enum ScanRequest {
+pub(crate) enum ScanRequest {
     Start(Box<ScanExecutor>),
     Stop,
 }
 
 /// An executor change, from the control thread.
 #[derive(Clone, Copy, Debug)]
-struct ScanUpdate {
+pub(crate) struct ScanUpdate {
     run: u32,
     time_s: f64,
     progress: ScanProgress,
@@ -672,26 +672,26 @@ pub struct StateSample {
 
 /// A validated target for the control thread.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Setpoint {
-    t_base_probe: Transform,
+pub(crate) struct Setpoint {
+    pub(crate) t_base_probe: Transform,
     /// Contact force, N; `None` = free space.
-    force_n: Option<f64>,
+    pub(crate) force_n: Option<f64>,
 }
 
 /// The loop's plant, wrapped: reads and writes pass through unchanged; each cycle's measurements
 /// and compensated wrench go to the adapter (without blocking or allocating).
 #[derive(Debug)]
 pub struct RosPlant<P> {
-    inner: P,
-    comp: FtCompensator,
-    max_tare_offset_n: f64,
-    r_tip_sensor: Matrix3<f64>,
-    sample: StateSample,
-    ft: FtSample,
-    tx: SyncSender<StateSample>,
-    events: SyncSender<SafetyEvent>,
-    dropped: Arc<AtomicU64>,
-    events_dropped: Arc<AtomicU64>,
+    pub(crate) inner: P,
+    pub(crate) comp: FtCompensator,
+    pub(crate) max_tare_offset_n: f64,
+    pub(crate) r_tip_sensor: Matrix3<f64>,
+    pub(crate) sample: StateSample,
+    pub(crate) ft: FtSample,
+    pub(crate) tx: SyncSender<StateSample>,
+    pub(crate) events: SyncSender<SafetyEvent>,
+    pub(crate) dropped: Arc<AtomicU64>,
+    pub(crate) events_dropped: Arc<AtomicU64>,
 }
 
 impl<P> RosPlant<P> {
@@ -760,13 +760,13 @@ impl<P: Plant> Plant for RosPlant<P> {
 
 /// Heartbeat of the adapter thread: nanoseconds since `origin` of its last loop.
 #[derive(Debug)]
-struct Heartbeat {
-    origin: Instant,
-    last_ns: AtomicU64,
+pub(crate) struct Heartbeat {
+    pub(crate) origin: Instant,
+    pub(crate) last_ns: AtomicU64,
 }
 
 impl Heartbeat {
-    fn beat(&self) {
+    pub(crate) fn beat(&self) {
         let ns = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_ns.store(ns, Ordering::Release);
     }
@@ -786,15 +786,15 @@ impl Heartbeat {
 /// on if the adapter thread dies (it needs no network); `/scan/stop` ends it early through
 /// [`ScanExecutor::stop`].
 pub struct RosTargets {
-    rx: Receiver<Setpoint>,
-    current: Option<Setpoint>,
-    heartbeat: Arc<Heartbeat>,
-    scan_rx: Receiver<ScanRequest>,
-    executor: Option<Box<ScanExecutor>>,
-    run: u32,
-    last_scan: Option<(ScanState, usize)>,
-    updates: SyncSender<ScanUpdate>,
-    tag: Arc<AtomicU64>,
+    pub(crate) rx: Receiver<Setpoint>,
+    pub(crate) current: Option<Setpoint>,
+    pub(crate) heartbeat: Arc<Heartbeat>,
+    pub(crate) scan_rx: Receiver<ScanRequest>,
+    pub(crate) executor: Option<Box<ScanExecutor>>,
+    pub(crate) run: u32,
+    pub(crate) last_scan: Option<(ScanState, usize)>,
+    pub(crate) updates: SyncSender<ScanUpdate>,
+    pub(crate) tag: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RosTargets {
@@ -1266,13 +1266,13 @@ impl Endpoints {
 
 /// Decimates a stream to a rate on the plant's clock.
 #[derive(Clone, Copy, Debug)]
-struct RateGate {
+pub(crate) struct RateGate {
     period_s: f64,
     next_s: f64,
 }
 
 impl RateGate {
-    fn new(rate_hz: f64) -> Self {
+    pub(crate) fn new(rate_hz: f64) -> Self {
         Self {
             period_s: 1.0 / rate_hz,
             next_s: f64::NEG_INFINITY,
@@ -1280,7 +1280,7 @@ impl RateGate {
     }
 
     /// True when a sample at `t` is due (a small tolerance keeps 1 kHz at 1 kHz).
-    fn due(&mut self, t: f64) -> bool {
+    pub(crate) fn due(&mut self, t: f64) -> bool {
         if t + 1e-6 < self.next_s {
             return false;
         }
@@ -1886,7 +1886,7 @@ struct WorkerState {
     pose: Option<Transform>,
 }
 
-fn vec3(v: &Vector3<f64>) -> MsgVector3 {
+pub(crate) fn vec3(v: &Vector3<f64>) -> MsgVector3 {
     MsgVector3 {
         x: v.x,
         y: v.y,
