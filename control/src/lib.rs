@@ -9,6 +9,8 @@ pub mod gazebo;
 pub mod kinematics;
 pub mod payload;
 pub mod protocol;
+#[cfg(feature = "r2r")]
+pub mod r2r_node;
 #[cfg(feature = "ros2")]
 pub mod ros2;
 #[cfg(feature = "ros2")]
