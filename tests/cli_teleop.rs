@@ -448,6 +448,22 @@ fn serve_refuses_bad_arguments() {
         "NaN",
     ]);
     assert_eq!(out.status.code(), Some(2));
+    for depth in ["0.5", "NaN", "0.01"] {
+        let out = telecho(&[
+            "teleop",
+            "serve",
+            "--sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--pki",
+            "x",
+            "--us-depth-m",
+            depth,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "--us-depth-m {depth}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("--us-depth-m"), "{e}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -205,7 +205,7 @@ impl DepthSurvey {
         }
         detect_bone(pixels, width, height, &self.bone, &mut self.scratch)?;
         // NaN contact counts as no contact.
-        if !(contact_fraction >= self.policy.min_contact_fraction) {
+        if contact_fraction.is_nan() || contact_fraction < self.policy.min_contact_fraction {
             return Ok(None);
         }
         self.used += 1;

@@ -57,8 +57,11 @@ pub(crate) struct HandoverSummary {
     pub(crate) facet_to_image_plane_mm: f64,
     /// Distance from the true facet joint to the probe axis at the end of the hold, mm.
     pub(crate) facet_to_probe_axis_mm: f64,
-    /// Depth of the facet joint below the probe face, mm (inside the 70 mm image when < 70).
+    /// Depth of the facet joint below the probe face, mm (inside the image when below
+    /// `image_depth_mm`).
     pub(crate) facet_depth_mm: f64,
+    /// Imaging depth of the expert's ultrasound stream (the scan's), mm.
+    pub(crate) image_depth_mm: f64,
     /// Age of the operator commands applied at the patient side, ms.
     pub(crate) command_age_p50_ms: f64,
     pub(crate) command_age_p99_ms: f64,
@@ -98,18 +101,34 @@ fn sagittal_rotation(t_base_ct: &Transform) -> Matrix3<f64> {
     Matrix3::from_columns(&[x, inward.cross(&x), inward])
 }
 
-/// Runs the phase. `t_base_ct_est` is the accepted registration, `facet_base_est` the target
-/// landmark where the perception node reports it (CT detection through the registration, base
-/// frame), `facet_true_base` the evaluator's truth.
+/// Where the expert steers, as the scan and the registration left it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Goal<'a> {
+    /// The accepted registration.
+    pub(crate) t_base_ct_est: &'a Transform,
+    /// The target landmark where the perception node reports it (CT detection through the
+    /// registration, base frame).
+    pub(crate) facet_base_est: &'a Vector3<f64>,
+    /// The evaluator's truth.
+    pub(crate) facet_true_base: &'a Vector3<f64>,
+    /// Imaging depth the scan chose for this patient, m (the expert's stream uses it too).
+    pub(crate) image_depth_m: f64,
+}
+
+/// Runs the phase.
 pub(crate) fn run(
     arm: Arm,
     seed: u64,
     out: &Path,
-    t_base_ct_est: &Transform,
-    facet_base_est: &Vector3<f64>,
-    facet_true_base: &Vector3<f64>,
+    goal: Goal<'_>,
     viewer: bool,
 ) -> Result<(HandoverSummary, Vec<f64>), CliError> {
+    let Goal {
+        t_base_ct_est,
+        facet_base_est,
+        facet_true_base,
+        image_depth_m,
+    } = goal;
     let wall = Instant::now();
     let pki = out.join("pki");
     if !pki.join("ca.pem").is_file() {
@@ -118,7 +137,10 @@ pub(crate) fn run(
     }
     let audit = out.join("teleop-audit.log");
     let _ = std::fs::remove_file(&audit);
-    let sargs = ServeArgs::in_process(pki.clone(), audit, arm, seed, 30.0, 300.0);
+    let sargs = ServeArgs {
+        us_depth_m: image_depth_m,
+        ..ServeArgs::in_process(pki.clone(), audit, arm, seed, 30.0, 300.0)
+    };
     let sc = Scenario::new(arm, seed, ScanProtocol::default_lumbar())?;
     let start = operator_start_pose(&sc.world, seed);
     let config = serve::server_config(&sargs, &sc)?;
@@ -169,13 +191,14 @@ pub(crate) fn run(
     let s = HandoverSummary {
         passed: plane_mm <= PASS_PLANE_MM
             && served.force_limit_violations == 0
-            && (0.0..70.0).contains(&depth_mm),
+            && (0.0..image_depth_m * 1e3).contains(&depth_mm),
         rtt_ms: RTT_MS,
         loss: LOSS,
         target: "L4_facet_right (right L4/L5 facet joint)".into(),
         facet_to_image_plane_mm: plane_mm,
         facet_to_probe_axis_mm: axis_mm,
         facet_depth_mm: depth_mm,
+        image_depth_mm: image_depth_m * 1e3,
         command_age_p50_ms: percentile(&ages_ms, 0.5),
         command_age_p99_ms: percentile(&ages_ms, 0.99),
         commands_sent: sent,

@@ -373,9 +373,12 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
                 args.arm,
                 args.sim_seed,
                 &args.out,
-                &reg.t_base_ct,
-                &est,
-                &truth,
+                handover::Goal {
+                    t_base_ct_est: &reg.t_base_ct,
+                    facet_base_est: &est,
+                    facet_true_base: &truth,
+                    image_depth_m: scan.imaging.map_or(0.070, |i| i.depth_m),
+                },
                 args.viewer,
             )?;
             (Some(h), ages)
@@ -384,10 +387,11 @@ pub(crate) fn run(args: &DemoArgs) -> CliResult {
     };
     let remote_note = match &remote {
         Some(h) => format!(
-            "facet joint {:.1} mm from the image plane, {:.0} mm deep; command age p50 {:.0} ms, \
-             p99 {:.0} ms; max force {:.1} N",
+            "facet joint {:.1} mm from the image plane, {:.0} mm deep in a {:.0} mm image; command \
+             age p50 {:.0} ms, p99 {:.0} ms; max force {:.1} N",
             h.facet_to_image_plane_mm,
             h.facet_depth_mm,
+            h.image_depth_mm,
             h.command_age_p50_ms,
             h.command_age_p99_ms,
             h.force_max_n

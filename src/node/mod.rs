@@ -46,8 +46,8 @@ use telecho_control::ros2::{
 };
 use telecho_control::rt_loop::Plant;
 use telecho_control::{
-    spawn_realtime_until, ControlOutput, ExecutorConfig, FtSample, LoopStats, ProbeController,
-    ProbeOrientation, RtConfig, ScanExecutor, ScanProtocol, Wrench,
+    spawn_realtime_until, ControlOutput, ExecutorConfig, FtSample, ImagingDepth, LoopStats,
+    ProbeController, ProbeOrientation, RtConfig, ScanExecutor, ScanProtocol, Wrench,
 };
 use telecho_core::Transform;
 use telecho_sim::plant::operator_start_pose;
@@ -399,7 +399,25 @@ fn control(args: &ControlArgs) -> CliResult {
     // pose on this patient.
     let start = operator_start_pose(&world, args.sim_seed);
     let safety = controller.config().safety;
-    let us_params = UsParams::default();
+    // The depth survey of `telecho scan` is not on the ROS 2 stream yet (the perception node
+    // takes one pixel spacing per run): a fixed depth is used as given, an automatic one at its
+    // shallowest bound.
+    let depth_m = match protocol.imaging {
+        ImagingDepth::Fixed(d) => d,
+        ImagingDepth::Auto { min_depth_m, .. } => {
+            tracing::warn!(
+                depth_mm = min_depth_m * 1e3,
+                "the protocol asks for an automatic imaging depth; node control images the \
+                 /us/image stream at its shallowest bound (the depth survey runs only in \
+                 `telecho scan`)"
+            );
+            min_depth_m
+        }
+    };
+    let us_params = UsParams {
+        depth_m,
+        ..UsParams::default()
+    };
     let info = protocol_info(&protocol, args.arm, args.sim_seed, &us_params);
     let plan = protocol.clone();
     let scan = ScanService {

@@ -85,6 +85,10 @@ pub(crate) struct ServeArgs {
     /// Ultrasound frame rate, frames/s (0 turns the stream off; at most 60).
     #[arg(long, default_value_t = 30.0)]
     pub(crate) us_fps: f64,
+    /// Ultrasound imaging depth, m (0.02–0.30; e.g. the depth `telecho scan` chose for this
+    /// patient, its JSON `imaging.depth_m`).
+    #[arg(long, value_name = "M", default_value_t = 0.070)]
+    pub(crate) us_depth_m: f64,
     /// Commands older than this at arrival are refused, ms (20–2000).
     #[arg(long, default_value_t = 200.0)]
     pub(crate) max_age_ms: f64,
@@ -279,6 +283,12 @@ fn check_args(a: &ServeArgs) -> Result<(), CliError> {
             a.us_fps
         )));
     }
+    if !(a.us_depth_m.is_finite() && (0.02..=0.30).contains(&a.us_depth_m)) {
+        return Err(CliError::input(anyhow!(
+            "--us-depth-m must be within 0.02–0.30 m, got {}",
+            a.us_depth_m
+        )));
+    }
     Ok(())
 }
 
@@ -338,6 +348,7 @@ impl ServeArgs {
             arm,
             state_hz: 100.0,
             us_fps,
+            us_depth_m: UsParams::default().depth_m,
             max_age_ms,
             json: false,
         }
@@ -635,7 +646,11 @@ pub(crate) async fn serve(
         let rendered = frames_rendered.clone();
         let handle = tokio::runtime::Handle::current();
         let period = Duration::from_secs_f64(1.0 / args.us_fps);
-        let mut us = UltrasoundSim::new(phantom, UsParams::default(), seed)
+        let params = UsParams {
+            depth_m: args.us_depth_m,
+            ..UsParams::default()
+        };
+        let mut us = UltrasoundSim::new(phantom, params, seed)
             .context("ultrasound simulator")
             .map_err(CliError::failed)?;
         Some(
