@@ -523,7 +523,8 @@ def plan_register(ctx: Ctx) -> list[Cmd]:
 
 
 def render_register(ctx: Ctx, results: list[Res]) -> str:
-    parts = ["Per seed: the `telecho scan` scenario in process, the sweep written and read back, "
+    parts = ["Per seed: the `telecho scan` scenario in process (the imaging depth chosen per "
+             "patient by the protocol's depth survey, 70–120 mm), the sweep written and read back, "
              "the CBCT simulated (0.8 mm voxels), then registration with no initial guess. TRE "
              "over the phantom's 40 exact landmarks, pooled over accepted registrations; success "
              "= not refused and every landmark within 3 mm. Baseline, same run and same points: "
@@ -555,6 +556,14 @@ def render_register(ctx: Ctx, results: list[Res]) -> str:
         f"TRE median {num(a['uncertainty_over_tre_rms_median'])}; CT preprocessing median "
         f"{a['ct_preprocessing_s_median']:.2f} s (not in the runtime); whole run "
         f"{r.data['wall_s']:.0f} s.")
+    depths: dict[float, int] = {}
+    for p in r.data["per_patient"]:
+        d = p.get("imaging_depth_m")
+        if isinstance(d, (int, float)):
+            depths[round(d * 1e3)] = depths.get(round(d * 1e3), 0) + 1
+    if depths:
+        parts.append("Imaging depth chosen per patient (mm: patients): " + ", ".join(
+            f"{k}: {v}" for k, v in sorted(depths.items())) + ".")
     parts.append("\n".join([
         f"- Target success ≥ 98 %: {pct(reg['success_rate'])} — "
         f"{verdict(reg['success_rate'] >= 0.98)}",
