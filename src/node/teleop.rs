@@ -16,7 +16,10 @@
 //!   become the robot state and haptic feedback datagrams at `--state-hz`, the contact model
 //!   estimated from the wrench and pose by [`ContactEstimator`];
 //! - `/us/image` (+ `/us/pixel_spacing`, `/us/probe_pose` of the same stamp) become the QUIC
-//!   ultrasound stream (delta-zstd, [`us_codec`]).
+//!   ultrasound stream (delta-zstd, [`us_codec`]);
+//! - every audit record, once written through to the log, goes out on `/audit`
+//!   (`diagnostic_msgs/DiagnosticArray`, one status per record: `seq`, `who` and the record's
+//!   JSON line exactly as in the file, so a recording carries a verifiable copy).
 //!
 //! The F/T wrench arrives in `ft_sensor`; the sensor's pose in the tip frame comes from the
 //! arm's URDF (`--arm`), the workspace box from the nominal patient placement (as the control
@@ -40,7 +43,8 @@ use telecho_control::ros2::{
 };
 use telecho_control::{Chain, ControllerConfig, ProbeController, SafetyConfig};
 use telecho_core::ros_msgs::{
-    Float64, Header, Image, JointState, PoseStamped, Vector3Stamped, WrenchStamped,
+    DiagnosticArray, DiagnosticStatus, Float64, Header, Image, JointState, KeyValue, PoseStamped,
+    Vector3Stamped, WrenchStamped,
 };
 use telecho_core::{frames, Transform};
 use telecho_sim::plant::patient_workspace;
@@ -57,6 +61,9 @@ use crate::cli_error::CliError;
 use crate::sim::Arm;
 use crate::teleop::serve;
 use crate::CliResult;
+
+/// Audit records queued for `/audit` between two DDS polls (commands arrive at up to 1 kHz).
+const AUDIT_QUEUE: usize = 4096;
 
 /// Damping of the contact model streamed to the console, N·s/m (as `teleop serve`).
 const CONTACT_DAMPING_N_S_M: f64 = 50.0;
@@ -119,6 +126,8 @@ struct DdsCounts {
     publish_errors: u64,
     targets_published: u64,
     forces_published: u64,
+    /// Audit records published on `/audit`.
+    audit_published: u64,
 }
 
 /// What `node teleop` prints at the end.
@@ -211,7 +220,7 @@ pub(crate) fn run(args: &TeleopArgs) -> CliResult {
     // Scan protocols run on the control node (`/scan/start`); none is offered here. The one
     // entry is not a valid protocol name, so the core answers every `StartProtocol` `Invalid`,
     // naming where scans run (an empty list would pass any name on).
-    let config = serve::site_server_config(
+    let mut config = serve::site_server_config(
         &args.pki,
         args.listen,
         &args.audit,
@@ -219,6 +228,9 @@ pub(crate) fn run(args: &TeleopArgs) -> CliResult {
         args.max_age_ms,
         &["none here: call /scan/start on the control node"],
     )?;
+    // Copies of the audit records for `/audit` (a full queue drops the copy, never the record).
+    let (audit_tx, audit_rx) = std::sync::mpsc::sync_channel(AUDIT_QUEUE);
+    config.audit_tap = Some(audit_tx);
     let summary = serve::runtime()?.block_on(async {
         let wall = Instant::now();
         let (server, channels) = TeleopServer::bind(config).map_err(|e| {
@@ -263,6 +275,7 @@ pub(crate) fn run(args: &TeleopArgs) -> CliResult {
                         link,
                         contact: ContactEstimator::new(TOUCH_N, CONTACT_DAMPING_N_S_M),
                         channels,
+                        audit: audit_rx,
                         counts: DdsCounts::default(),
                         joints: Vec::new(),
                         wrench: None,
@@ -392,6 +405,7 @@ struct Endpoints {
     us_pose: ros2::Subscription<PoseStamped>,
     target: ros2::Publisher<PoseStamped>,
     force: ros2::Publisher<Float64>,
+    audit: ros2::Publisher<DiagnosticArray>,
     // Declared last, so dropped last.
     _node: ros2::Node,
 }
@@ -407,6 +421,8 @@ impl Endpoints {
             us_pose: subscription(&mut node, "/us/probe_pose", frame_qos(4))?,
             target: publisher(&mut node, "/probe/target_pose", command_qos())?,
             force: publisher(&mut node, "/probe/force_setpoint", command_qos())?,
+            // Reliable, as `telecho record` subscribes to it.
+            audit: publisher(&mut node, "/audit", command_qos())?,
             _node: node,
         })
     }
@@ -419,6 +435,8 @@ struct Bridge {
     link: SetpointLink,
     contact: ContactEstimator,
     channels: telecho_teleop::net::server::ServerChannels,
+    /// Audit records written through to the log, for `/audit`.
+    audit: std::sync::mpsc::Receiver<String>,
     counts: DdsCounts,
     joints: Vec<f64>,
     /// The newest contact wrench on the tip in the base frame (force N, torque N·m).
@@ -493,6 +511,49 @@ impl Bridge {
         }
         if let Some(s) = self.link.poll(now) {
             self.publish_setpoint(ep, &s);
+        }
+        while let Ok(line) = self.audit.try_recv() {
+            self.publish_audit(ep, line);
+        }
+    }
+
+    /// One audit record on `/audit`: its sequence number and signer as values, and the record
+    /// itself (the hash-chained JSON line, verifiable like the file).
+    fn publish_audit(&mut self, ep: &Endpoints, line: String) {
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let seq = parsed["seq"]
+            .as_u64()
+            .map_or_else(String::new, |s| s.to_string());
+        let who = parsed["who"]["cn"].as_str().unwrap_or_default().to_owned();
+        let msg = DiagnosticArray {
+            header: Header::new(self.stamp(), String::new()),
+            status: vec![DiagnosticStatus {
+                level: DiagnosticStatus::OK,
+                name: "telecho_teleop: audit".into(),
+                message: format!("audit record {seq}"),
+                hardware_id: "telecho_teleop".into(),
+                values: vec![
+                    KeyValue {
+                        key: "seq".into(),
+                        value: seq,
+                    },
+                    KeyValue {
+                        key: "who".into(),
+                        value: who,
+                    },
+                    KeyValue {
+                        key: "record".into(),
+                        value: line,
+                    },
+                ],
+            }],
+        };
+        match ep.audit.publish(msg) {
+            Ok(()) => self.counts.audit_published += 1,
+            Err(e) => {
+                self.counts.publish_errors += 1;
+                tracing::warn!("cannot publish /audit: {e:?}");
+            }
         }
     }
 

@@ -314,6 +314,8 @@ pub struct AuditLog {
     path: PathBuf,
     chain: AuditChain,
     out: BufWriter<File>,
+    /// The newest record written by this process (empty before the first).
+    last: String,
 }
 
 impl AuditLog {
@@ -337,6 +339,7 @@ impl AuditLog {
             path: path.to_owned(),
             chain,
             out: BufWriter::new(file),
+            last: String::new(),
         })
     }
 
@@ -356,11 +359,17 @@ impl AuditLog {
         who: &Who,
         what: &AuditEvent,
     ) -> Result<(), Error> {
-        let line = self.chain.line(time_unix_s, who, what);
+        self.last = self.chain.line(time_unix_s, who, what);
         self.out
-            .write_all(line.as_bytes())
+            .write_all(self.last.as_bytes())
             .and_then(|_| self.out.write_all(b"\n"))
             .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The newest record this process appended, exactly as written (one JSON line without its
+    /// newline); `None` before the first.
+    pub fn last_record(&self) -> Option<&str> {
+        (!self.last.is_empty()).then_some(self.last.as_str())
     }
 
     /// Writes buffered records to the file.

@@ -51,6 +51,10 @@ pub struct ServerConfig {
     /// Accepted commands buffered for the control node; when it falls behind the oldest are
     /// dropped (newest wins).
     pub command_capacity: usize,
+    /// Receives a copy of every audit record once it is written through to the log (the JSON
+    /// line as in the file), e.g. to publish it on ROS 2 `/audit` for recording. A full queue
+    /// drops the copy (counted in [`ServerStats::audit_tap_dropped`]), never the record.
+    pub audit_tap: Option<std::sync::mpsc::SyncSender<String>>,
 }
 
 impl ServerConfig {
@@ -67,6 +71,7 @@ impl ServerConfig {
             tick: DEFAULT_TICK,
             clock: MonotonicClock::shared(0.0),
             command_capacity: 64,
+            audit_tap: None,
         })
     }
 }
@@ -203,6 +208,8 @@ pub struct ServerStats {
     pub commands_unaudited: u64,
     /// Audit-log writes that failed.
     pub audit_failures: u64,
+    /// Copies of audit records the [`ServerConfig::audit_tap`] queue had no room for.
+    pub audit_tap_dropped: u64,
 }
 
 #[derive(Default)]
@@ -216,6 +223,7 @@ struct Counters {
     frames_skipped: AtomicU64,
     commands_unaudited: AtomicU64,
     audit_failures: AtomicU64,
+    audit_tap_dropped: AtomicU64,
     /// The last audit write or flush failed: commands are withheld until a flush succeeds.
     audit_down: AtomicBool,
 }
@@ -230,6 +238,7 @@ struct Shared {
     core: Mutex<PatientCore>,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     audit: Mutex<Option<AuditLog>>,
+    audit_tap: Option<std::sync::mpsc::SyncSender<String>>,
     commands: Arc<CommandQueue>,
     events: mpsc::UnboundedSender<ServerEvent>,
     clock: Arc<dyn Clock>,
@@ -265,12 +274,23 @@ impl Shared {
             tracing::debug!(who = %who.cn, ?what, "audit");
             return;
         };
-        if let Err(e) = log.append(who, what).and_then(|()| log.flush()) {
-            self.counters.audit_failures.fetch_add(1, Ordering::Relaxed);
-            if !self.counters.audit_down.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    "audit log: {e}; operator commands withheld until it can be written"
-                );
+        match log.append(who, what).and_then(|()| log.flush()) {
+            Err(e) => {
+                self.counters.audit_failures.fetch_add(1, Ordering::Relaxed);
+                if !self.counters.audit_down.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "audit log: {e}; operator commands withheld until it can be written"
+                    );
+                }
+            }
+            Ok(()) => {
+                if let (Some(tap), Some(line)) = (&self.audit_tap, log.last_record()) {
+                    if tap.try_send(line.to_owned()).is_err() {
+                        self.counters
+                            .audit_tap_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
     }
@@ -369,6 +389,7 @@ impl TeleopServer {
             core: Mutex::new(core),
             conns: Mutex::new(HashMap::new()),
             audit: Mutex::new(audit),
+            audit_tap: config.audit_tap,
             commands: queue.clone(),
             events: etx,
             clock: config.clock,
@@ -416,6 +437,7 @@ impl TeleopServer {
             audit_records,
             commands_unaudited: c.commands_unaudited.load(Ordering::Relaxed),
             audit_failures: c.audit_failures.load(Ordering::Relaxed),
+            audit_tap_dropped: c.audit_tap_dropped.load(Ordering::Relaxed),
         }
     }
 
