@@ -284,7 +284,9 @@ impl Grid {
     }
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
+/// Median of `v` (sorted in place; the mean of the middle two for an even count), `None` when
+/// empty.
+pub(crate) fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -20,6 +20,7 @@
 //! The survey is a pure state machine (no I/O): the caller renders or acquires the frames and
 //! feeds them in.
 
+use crate::ct_landmarks::median;
 use crate::error::ErrorKind;
 use crate::us_bone::{detect_bone, BoneDetection, UsBoneParams};
 use crate::Error;
@@ -242,19 +243,6 @@ impl DepthSurvey {
         self.choice = Some(c);
         c
     }
-}
-
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    })
 }
 
 #[cfg(test)]
