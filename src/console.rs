@@ -258,10 +258,11 @@ impl HapticDevice for KeyboardDevice {
 async fn pump(client: &mut TeleopClient, model: &mut SceneModel, chain: &Chain) {
     while let Some(ev) = client.next_event(Duration::ZERO).await {
         if let ConsoleEvent::TakeOverRequested { requester, .. } = &ev {
-            tracing::warn!(%requester, "another operator asks for the lease");
+            tracing::warn!(%requester, "another operator asks for the lease (Y hands it over, N refuses)");
         }
         model.apply(&ev, Some(chain));
     }
+    model.expire_take_over(Instant::now());
     model.latency = client.latency();
 }
 
@@ -439,6 +440,21 @@ fn window_run(
                     }
                     ConsoleKey::Reset => {
                         client.request(|c| c.reset());
+                    }
+                    ConsoleKey::TakeOver => {
+                        client.request(|c| c.take_over());
+                    }
+                    ConsoleKey::Yield => {
+                        if let Some(who) = model.take_over_answered() {
+                            tracing::info!(%who, "lease handed over");
+                            client.request(|c| c.confirm_take_over());
+                        }
+                    }
+                    ConsoleKey::Refuse => {
+                        if let Some(who) = model.take_over_answered() {
+                            tracing::info!(%who, "take-over refused");
+                            client.request(|c| c.deny_take_over());
+                        }
                     }
                     ConsoleKey::ForceUp => force_n = (force_n + 0.5).min(18.0),
                     ConsoleKey::ForceDown => force_n = (force_n - 0.5).max(1.0),

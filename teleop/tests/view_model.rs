@@ -197,3 +197,53 @@ fn welcome_lease_haptics_and_commands_fill_the_status() {
     );
     assert!(lines.contains("setpoint 8.0 N, limit 20 N"), "{lines}");
 }
+
+/// A take-over asked of the lease holder is shown with its keys until it is answered, the lease
+/// changes, or its time runs out.
+#[test]
+fn a_take_over_request_is_prompted_until_answered_or_expired() {
+    let mut m = SceneModel::new(20.0);
+    m.apply(
+        &ConsoleEvent::Welcome {
+            role: Role::Operator,
+            conn_id: 1,
+            identity: "operator".into(),
+            holder: "operator".into(),
+        },
+        None,
+    );
+    assert!(!m.status_lines().join("\n").contains("asks for the lease"));
+    let ask = ConsoleEvent::TakeOverRequested {
+        requester: "operator2".into(),
+        timeout_s: 5.0,
+    };
+    m.apply(&ask, None);
+    let lines = m.status_lines();
+    assert_eq!(
+        lines[1],
+        "operator2 asks for the lease: Y hands it over, N refuses (within 5 s, or it is refused)"
+    );
+    // Answered (Y or N in the window): the prompt goes, and the requester is named once.
+    assert_eq!(m.take_over_answered().as_deref(), Some("operator2"));
+    assert_eq!(m.take_over_answered(), None);
+    assert!(!m.status_lines().join("\n").contains("asks for the lease"));
+    // A lease change clears it too (the patient side decided).
+    m.apply(&ask, None);
+    m.apply(
+        &ConsoleEvent::Lease {
+            req: 0,
+            outcome: telecho_teleop::wire::LeaseOutcome::Granted,
+            holder: "operator2".into(),
+        },
+        None,
+    );
+    assert_eq!(m.take_over, None);
+    assert_eq!(m.holder, "operator2");
+    // Unanswered: it stays for its 5 s, then goes.
+    m.apply(&ask, None);
+    let at = m.take_over.as_ref().unwrap().2;
+    m.expire_take_over(at + std::time::Duration::from_secs_f64(4.9));
+    assert!(m.take_over.is_some());
+    m.expire_take_over(at + std::time::Duration::from_secs_f64(5.1));
+    assert_eq!(m.take_over, None);
+}

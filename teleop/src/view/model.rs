@@ -119,6 +119,11 @@ pub struct SceneModel {
     pub frames: u64,
     /// Frames that did not decode.
     pub bad_frames: u64,
+    /// A take-over asked of us while we hold the lease: who asks, how long we have to answer
+    /// (s) and when it arrived; cleared by [`SceneModel::take_over_answered`], any lease change
+    /// or [`SceneModel::expire_take_over`] once the time to answer is over (the patient side
+    /// then refuses it).
+    pub take_over: Option<(String, f64, std::time::Instant)>,
 }
 
 impl SceneModel {
@@ -144,7 +149,14 @@ impl SceneModel {
                 self.identity.clone_from(identity);
                 self.holder.clone_from(holder);
             }
-            ConsoleEvent::Lease { holder, .. } => self.holder.clone_from(holder),
+            ConsoleEvent::Lease { holder, .. } => {
+                self.holder.clone_from(holder);
+                self.take_over = None;
+            }
+            ConsoleEvent::TakeOverRequested {
+                requester,
+                timeout_s,
+            } => self.take_over = Some((requester.clone(), *timeout_s, std::time::Instant::now())),
             ConsoleEvent::State(s) => {
                 self.states += 1;
                 self.safety = Some(s.safety);
@@ -173,6 +185,20 @@ impl SceneModel {
                 None => self.bad_frames += 1,
             },
             _ => {}
+        }
+    }
+
+    /// The take-over asked of us was answered (Y or N): the prompt goes.
+    pub fn take_over_answered(&mut self) -> Option<String> {
+        self.take_over.take().map(|(who, ..)| who)
+    }
+
+    /// Drops an unanswered take-over prompt whose time to answer is over at `now`.
+    pub fn expire_take_over(&mut self, now: std::time::Instant) {
+        if let Some((_, timeout_s, at)) = &self.take_over {
+            if now.saturating_duration_since(*at).as_secs_f64() > *timeout_s {
+                self.take_over = None;
+            }
         }
     }
 
@@ -243,7 +269,7 @@ impl SceneModel {
         } else {
             self.holder.clone()
         };
-        vec![
+        let mut lines = vec![
             format!("{} ({role}) — lease: {holder}", self.identity),
             format!(
                 "safety: {}",
@@ -263,6 +289,16 @@ impl SceneModel {
                 "received: {} states, {} haptic, {} frames",
                 self.states, self.haptics, self.frames
             ),
-        ]
+        ];
+        if let Some((who, timeout_s, _)) = &self.take_over {
+            lines.insert(
+                1,
+                format!(
+                    "{who} asks for the lease: Y hands it over, N refuses (within {timeout_s:.0} s, \
+                     or it is refused)"
+                ),
+            );
+        }
+        lines
     }
 }

@@ -316,6 +316,12 @@ pub enum ConsoleKey {
     EStop,
     /// Reset after a stop.
     Reset,
+    /// Ask the lease holder to hand the lease over.
+    TakeOver,
+    /// Hand the lease to the operator asking for it.
+    Yield,
+    /// Refuse the take-over asked of us.
+    Refuse,
 }
 
 impl ConsoleKey {
@@ -333,10 +339,13 @@ impl ConsoleKey {
             ConsoleKey::Release => &[Key::K],
             ConsoleKey::EStop => &[Key::Space],
             ConsoleKey::Reset => &[Key::R],
+            ConsoleKey::TakeOver => &[Key::T],
+            ConsoleKey::Yield => &[Key::Y],
+            ConsoleKey::Refuse => &[Key::N],
         }
     }
 
-    const ALL: [ConsoleKey; 12] = [
+    const ALL: [ConsoleKey; 15] = [
         ConsoleKey::Left,
         ConsoleKey::Right,
         ConsoleKey::Up,
@@ -349,6 +358,9 @@ impl ConsoleKey {
         ConsoleKey::Release,
         ConsoleKey::EStop,
         ConsoleKey::Reset,
+        ConsoleKey::TakeOver,
+        ConsoleKey::Yield,
+        ConsoleKey::Refuse,
     ];
 }
 
