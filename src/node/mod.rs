@@ -185,6 +185,13 @@ pub(crate) struct ControlArgs {
     /// Simulator only: run this many times faster than real time (1–10).
     #[arg(long, default_value_t = 1.0)]
     real_time_factor: f64,
+    /// Join the site's ROS 2 through r2r (the sourced ROS 2 and its RMW; `ROS_DOMAIN_ID` picks
+    /// the domain) instead of the built-in DDS stack: joint states, wrench, pose, tf, robot
+    /// description and set-points; no scan services or ultrasound stream. Only in builds with
+    /// the `r2r` feature, on a machine with a sourced ROS 2 (README, ROS 2).
+    #[cfg(feature = "r2r")]
+    #[arg(long, conflicts_with = "gazebo")]
+    r2r: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -434,6 +441,10 @@ fn control(args: &ControlArgs) -> CliResult {
         domain_id,
         deadlines,
     };
+    #[cfg(feature = "r2r")]
+    if args.r2r {
+        return control_sim_r2r(&ends, world, controller);
+    }
     if args.gazebo {
         control_gazebo(&ends, world, controller, &config, scan)
     } else {
@@ -602,6 +613,53 @@ fn control_sim(
         run.source.executor(),
         report,
         rendered,
+        None,
+    );
+    print_summary(&summary, args.json)
+}
+
+/// `--sim --r2r`: the built-in simulator with the r2r adapter (`r2r` feature only; not
+/// compiled where no ROS 2 is sourced, so not in this project's CI).
+#[cfg(feature = "r2r")]
+fn control_sim_r2r(ends: &Ends<'_>, world: SimWorld, controller: ProbeController) -> CliResult {
+    use telecho_control::r2r_node::{self, R2rConfig};
+    let args = ends.args;
+    let config = R2rConfig {
+        wrench_rate_hz: args.wrench_rate_hz,
+        state_rate_hz: args.state_rate_hz,
+        ..R2rConfig::default()
+    };
+    let (_, xml) = args.arm.bundled();
+    let (plant, targets, adapter) =
+        r2r_node::attach(world, &controller, xml, &config).map_err(CliError::failed)?;
+    let rt = RtConfig {
+        sim_dt: Some(PERIOD),
+        sim_no_skip: true,
+        ..RtConfig::default()
+    };
+    let handle = spawn_realtime_until(
+        plant,
+        controller,
+        targets,
+        PERIOD.div_f64(args.real_time_factor),
+        ends.deadlines,
+        rt,
+        Some(&crate::teleop::serve::INTERRUPTED),
+    )
+    .map_err(CliError::failed)?;
+    let run = handle
+        .join()
+        .map_err(|_| CliError::failed(anyhow!("the control thread panicked")))?;
+    let report = adapter.stop().map_err(CliError::failed)?;
+    let summary = summarize(
+        ends,
+        &run.stats,
+        &run.output,
+        &run.controller,
+        &run.plant.ft_compensator().bias(),
+        run.source.executor(),
+        report,
+        0,
         None,
     );
     print_summary(&summary, args.json)
