@@ -7,15 +7,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::certs;
+use common::connect;
 use nalgebra::Vector3;
 use telecho_control::ros2::{self, command_qos, publisher, stream_qos, subscription};
 use telecho_core::ros_msgs::{
@@ -23,7 +23,7 @@ use telecho_core::ros_msgs::{
     Vector3 as MsgVector3, Wrench, WrenchStamped,
 };
 use telecho_teleop::console::ConsoleEvent;
-use telecho_teleop::net::client::{ClientConfig, TeleopClient};
+use telecho_teleop::net::client::TeleopClient;
 use telecho_teleop::wire::{
     CommandMode, DenyReason, LeaseOutcome, Pose, ReplyStatus, RobotState, SafetyCode, Target,
 };
@@ -74,31 +74,8 @@ fn sigterm(child: &Child) {
         .success());
 }
 
-fn summary(mut child: Child) -> serde_json::Value {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the node did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = child.wait().unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(status.success(), "exit {status:?}: {out}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("summary `{out}`: {e}"))
-}
-
-async fn connect(pki: &Path, name: &str, addr: SocketAddr) -> TeleopClient {
-    TeleopClient::connect(ClientConfig::from_pki(pki, name, addr).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("{name} connects: {e}"))
+fn summary(child: Child) -> serde_json::Value {
+    common::child_summary(child, Duration::from_secs(20))
 }
 
 /// Waits up to `timeout` for a robot state `pick` accepts.

@@ -4,16 +4,16 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::connect;
 use common::{certs, telecho};
 use nalgebra::Vector3;
 use telecho_teleop::console::ConsoleEvent;
-use telecho_teleop::net::client::{ClientConfig, TeleopClient};
+use telecho_teleop::net::client::TeleopClient;
 use telecho_teleop::wire::{
     CommandMode, DenyReason, LeaseOutcome, LinkState, Message, OperatorCommand, Pose, ReplyStatus,
     RobotState, SafetyCode, Target,
@@ -30,23 +30,8 @@ fn serve(pki: &Path, audit: &Path, duration_s: f64) -> (Child, SocketAddr) {
     common::serve_sim(pki, audit, duration_s)
 }
 
-fn summary(mut child: Child) -> serde_json::Value {
-    let status = child.wait().unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(status.success(), "serve failed: {status:?} {out}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("summary `{out}`: {e}"))
-}
-
-async fn connect(pki: &Path, name: &str, addr: SocketAddr) -> TeleopClient {
-    TeleopClient::connect(ClientConfig::from_pki(pki, name, addr).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("{name} connects: {e}"))
+fn summary(child: Child) -> serde_json::Value {
+    common::child_summary(child, Duration::from_secs(60))
 }
 
 /// The newest robot state: drains the buffered events, waits for one if none is buffered.

@@ -2,11 +2,11 @@
 //! module; not every file uses every helper).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Runs the `telecho` binary to completion.
 pub(crate) fn telecho(args: &[&str]) -> Output {
@@ -75,4 +75,36 @@ pub(crate) fn serve_sim(pki: &Path, audit: &Path, duration_s: f64) -> (Child, So
         .recv_timeout(Duration::from_secs(60))
         .expect("serve prints its address");
     (child, addr.parse().unwrap())
+}
+
+/// Waits (at most `timeout`) for a `telecho` process that prints one JSON summary on stdout,
+/// asserts it exited 0, and returns the summary.
+pub(crate) fn child_summary(mut child: Child, timeout: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < timeout, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}: {out}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("summary `{out}`: {e}"))
+}
+
+/// A teleop client with the certificate `name` of `pki`, connected to `addr`.
+pub(crate) async fn connect(
+    pki: &Path,
+    name: &str,
+    addr: SocketAddr,
+) -> telecho_teleop::net::client::TeleopClient {
+    let cfg = telecho_teleop::net::client::ClientConfig::from_pki(pki, name, addr).unwrap();
+    telecho_teleop::net::client::TeleopClient::connect(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"))
 }
