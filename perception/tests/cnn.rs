@@ -15,7 +15,8 @@ use telecho_perception::detect::{
     LandmarkClass, LandmarkMatches, TrueLandmark,
 };
 use telecho_sim::dataset::{
-    landmark_class, poses_for_seed, render_pose, visible_landmarks, LabelParams, PoseSamplerParams,
+    ignored_landmarks, poses_for_seed, render_pose, visible_landmarks, LabelParams,
+    PoseSamplerParams,
 };
 use telecho_sim::{Phantom, UsFrame};
 
@@ -54,16 +55,12 @@ fn held_out_frames(seeds: std::ops::RangeInclusive<u64>) -> Vec<Labelled> {
                     col: l.col,
                 })
                 .collect();
-            let ignore = frame
-                .landmarks
+            let ignore = ignored_landmarks(&frame, &phantom, &visible, &LabelParams::default())
                 .iter()
-                .filter(|l| !visible.iter().any(|v| v.index == l.index))
-                .filter_map(|l| {
-                    Some(TrueLandmark {
-                        class: LandmarkClass::from_index(landmark_class(l.index)?)?,
-                        row: l.row,
-                        col: l.col,
-                    })
+                .map(|l| TrueLandmark {
+                    class: LandmarkClass::from_index(l.class).unwrap(),
+                    row: l.row,
+                    col: l.col,
                 })
                 .collect();
             out.push(Labelled {

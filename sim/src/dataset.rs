@@ -362,11 +362,11 @@ pub fn poses_for_seed(
         .collect())
 }
 
-/// Landmark listing margin of [`render_pose`] (m): landmarks up to 7 mm from the plane (1 mm
-/// half slice + 6 mm) are listed, so that detections of structures a little off the plane (a
-/// spinous process is 20 mm tall; a slice 5 mm from its tip still shows a tip) can be told from
-/// false ones.
-pub const RENDER_LANDMARK_MARGIN_M: f64 = 0.006;
+/// Landmark listing margin of [`render_pose`] (m): landmarks up to 13 mm from the plane (1 mm
+/// half slice + 12 mm) are listed, so that detections of structures off the plane (a spinous
+/// process's end face is 20 mm tall; a slice 8 mm from its centre still shows a tip) can be told
+/// from false ones ([`ignored_landmarks`]).
+pub const RENDER_LANDMARK_MARGIN_M: f64 = 0.012;
 
 /// Renders `pose` of patient `seed` (its phantom `phantom`; `seed` also draws the speckle, as
 /// `telecho sim us` does) with the default scanner settings and the pose's gain. The frame lists
@@ -404,6 +404,10 @@ pub struct LabelParams {
     pub feature_window_m: f64,
     /// Rise of the surface either side of an apex, within twice the window (default 1 mm).
     pub apex_rise_m: f64,
+    /// Landmarks listed in the frame but not visible count as `ignore` up to this distance from
+    /// the image plane (default 7 mm); spinous tips further out while the plane still cuts
+    /// their process's end face too ([`ignored_landmarks`]).
+    pub ignore_distance_m: f64,
 }
 
 impl Default for LabelParams {
@@ -415,6 +419,7 @@ impl Default for LabelParams {
             min_indentation_m: 3e-4,
             feature_window_m: 3e-3,
             apex_rise_m: 1e-3,
+            ignore_distance_m: 7e-3,
         }
     }
 }
@@ -484,6 +489,99 @@ pub fn visible_landmarks(
         });
     }
     out
+}
+
+/// The landmarks of `frame` that are in view but not `visible` (as [`visible_landmarks`] gave
+/// them): a detector is neither rewarded nor punished for finding them. Every landmark with a
+/// class up to [`LabelParams::ignore_distance_m`] from the plane, at its projection; and every
+/// spinous tip whose process's posterior end face ([`Phantom::spinous_face_half_axes`]) the
+/// plane cuts, at the centre of the cut: a transverse slice 8 mm above or below the tip shows
+/// the same flat-topped apex as one through it, so no single frame can tell them apart (3D fusion
+/// does, from the sweep).
+pub fn ignored_landmarks(
+    frame: &UsFrame,
+    phantom: &Phantom,
+    visible: &[LabelledLandmark],
+    params: &LabelParams,
+) -> Vec<LabelledLandmark> {
+    let t = &frame.t_ct_probe;
+    let n: Vector3<f64> = t.rotation.column(1).into();
+    let t_probe_ct = t.inverse();
+    let half = 0.5 * (frame.width.max(1) - 1) as f64 * frame.lateral_spacing_m;
+    let mut out = Vec::new();
+    for l in &frame.landmarks {
+        let Some(class) = landmark_class(l.index) else {
+            continue;
+        };
+        if visible.iter().any(|v| v.index == l.index) {
+            continue;
+        }
+        let d = l.distance_to_plane_m;
+        let (row, col) = if d.abs() <= params.ignore_distance_m {
+            (l.row, l.col)
+        } else if class == 0 {
+            let tip = frame.pixel_to_ct(l.row, l.col) + n * d;
+            let Some(p) = spinous_face_cut(phantom, l.index / PER_LEVEL, &tip, &n, d) else {
+                continue;
+            };
+            let q = t_probe_ct.transform_point(&p);
+            (
+                q.z / frame.axial_spacing_m,
+                (q.x + half) / frame.lateral_spacing_m,
+            )
+        } else {
+            continue;
+        };
+        let inside = (0.0..=(frame.height - 1) as f64).contains(&row)
+            && (-0.5..=frame.width as f64 - 0.5).contains(&col);
+        if inside {
+            out.push(LabelledLandmark {
+                index: l.index,
+                class,
+                row,
+                col,
+                distance_to_plane_m: d,
+            });
+        }
+    }
+    out
+}
+
+/// The point (ct) of vertebra `level`'s spinous end face, centred on `tip`, nearest the tip on a
+/// plane with unit normal `n` from which the tip lies `d` (m) along `n`; `None` when the plane
+/// misses the face.
+fn spinous_face_cut(
+    phantom: &Phantom,
+    level: usize,
+    tip: &Vector3<f64>,
+    n: &Vector3<f64>,
+    d: f64,
+) -> Option<Vector3<f64>> {
+    let [a, b] = phantom.spinous_face_half_axes(level)?;
+    let (na, nb) = (n.dot(&a), n.dot(&b));
+    // Face point tip + u a + v b with |u|, |v| <= 1 on the plane: n·(u a + v b) = -d. Least-norm
+    // (u, v) first; if it leaves the face, the larger coordinate is pinned at its edge.
+    let nn = na * na + nb * nb;
+    if nn < 1e-12 {
+        return None;
+    }
+    let (mut u, mut v) = (-d * na / nn, -d * nb / nn);
+    if u.abs() > 1.0 {
+        u = u.signum();
+        v = if nb.abs() > 1e-9 {
+            (-d - u * na) / nb
+        } else {
+            f64::INFINITY
+        };
+    } else if v.abs() > 1.0 {
+        v = v.signum();
+        u = if na.abs() > 1e-9 {
+            (-d - v * nb) / na
+        } else {
+            f64::INFINITY
+        };
+    }
+    (u.abs() <= 1.0 && v.abs() <= 1.0).then(|| tip + a * u + b * v)
 }
 
 /// Whether a landmark at column `c` and depth `depth` (m) is a feature of the imaged bone
@@ -583,5 +681,70 @@ mod tests {
             visible >= 10 && visible < listed / 2,
             "{per_class:?} of {listed}"
         );
+    }
+
+    /// A transverse frame `dz` (m) above L3's spinous tip, straight down, face 2 mm into the skin.
+    fn transverse_over_l3_tip(ph: &std::sync::Arc<Phantom>, dz: f64) -> UsFrame {
+        let tip = Vector3::from(ph.landmarks()[2 * PER_LEVEL].xyz);
+        let (x, z) = (tip.x, tip.z + dz);
+        // Beam along +y (anterior), array along +x, elevation along -z.
+        let rotation = Matrix3::from_columns(&[Vector3::x(), -Vector3::z(), Vector3::y()]);
+        let pose = SampledPose {
+            t_ct_probe: Transform::new(rotation, Vector3::new(x, ph.skin_y(x, z) + 2e-3, z)),
+            plane: ScanPlane::Transverse,
+            level: 2,
+            indentation_m: 2e-3,
+            tilt_deg: 0.0,
+            gain_db: 0.0,
+        };
+        render_pose(ph, 4, &pose).unwrap()
+    }
+
+    #[test]
+    fn spinous_sections_off_the_tip_are_ignored_at_the_cut() {
+        let ph = std::sync::Arc::new(Phantom::generate(4));
+        let params = LabelParams::default();
+        let [a, b] = ph.spinous_face_half_axes(2).unwrap();
+        // The end face: about 7 mm wide and 20 mm tall, give or take the patient's scale.
+        assert!((a.norm() - 3.5e-3).abs() < 0.4e-3 && (b.norm() - 10e-3).abs() < 1.0e-3);
+        let tip_index = 2 * PER_LEVEL;
+        // Through the tip: visible, not ignored.
+        let f = transverse_over_l3_tip(&ph, 0.0);
+        let vis = visible_landmarks(&f, &ph, &params);
+        assert!(vis.iter().any(|l| l.index == tip_index), "{vis:?}");
+        assert!(!ignored_landmarks(&f, &ph, &vis, &params)
+            .iter()
+            .any(|l| l.index == tip_index));
+        for dz in [-8.5e-3, 8.5e-3] {
+            // 8.5 mm off: past the 7 mm slab, but the plane still cuts the end face, which the
+            // frame shows as an apex; the ignore entry sits on it, not at the tip's projection.
+            let f = transverse_over_l3_tip(&ph, dz);
+            let vis = visible_landmarks(&f, &ph, &params);
+            assert!(!vis.iter().any(|l| l.index == tip_index));
+            let ign = ignored_landmarks(&f, &ph, &vis, &params);
+            let l = ign
+                .iter()
+                .find(|l| l.index == tip_index)
+                .unwrap_or_else(|| panic!("dz {dz}: {ign:?}"));
+            assert_eq!(l.class, 0);
+            assert!(l.distance_to_plane_m.abs() > params.ignore_distance_m);
+            let c = l.col.round() as usize;
+            let apex = f.bone_depth_m[c.saturating_sub(3)..=(c + 3).min(f.width - 1)]
+                .iter()
+                .flatten()
+                .fold(f64::INFINITY, |m, d| m.min(*d));
+            let err = (apex - l.row * f.axial_spacing_m).abs();
+            assert!(err < 1e-3, "dz {dz}: cut {:.1} mm from the apex", err * 1e3);
+            // The other classes keep the 7 mm slab.
+            assert!(ign
+                .iter()
+                .all(|l| l.class == 0 || l.distance_to_plane_m.abs() <= params.ignore_distance_m));
+        }
+        // 16 mm off: past the face, nothing to ignore.
+        let f = transverse_over_l3_tip(&ph, 16e-3);
+        let vis = visible_landmarks(&f, &ph, &params);
+        assert!(!ignored_landmarks(&f, &ph, &vis, &params)
+            .iter()
+            .any(|l| l.index == tip_index));
     }
 }

@@ -670,6 +670,24 @@ impl Phantom {
         self.vertebrae.get(level).map(|v| v.t_ct_v)
     }
 
+    /// Half-axes (ct, metres) of the posterior end face of vertebra `level`'s spinous process,
+    /// whose centre is the `spinous_tip` landmark: the first across the patient (half the
+    /// process's width), the second along the face's height (perpendicular to the process's
+    /// inferiorly inclined axis), both including the rounded edges. A plane cutting the face
+    /// anywhere shows the same tip-like apex, which is why the dataset ignores detections there
+    /// ([`crate::dataset::ignored_landmarks`]). `None` for a level past L5.
+    pub fn spinous_face_half_axes(&self, level: usize) -> Option<[Vector3<f64>; 2]> {
+        let v = self.vertebrae.get(level)?;
+        let k = self.scale * MM;
+        let th = SPINOUS_INCLINATION_DEG.to_radians();
+        let dir = Vector3::new(0.0, -th.cos(), -th.sin());
+        let height = Vector3::x().cross(&dir);
+        Some([
+            v.t_ct_v.rotation * Vector3::x() * (SPINOUS_HALF_WIDTH * k),
+            v.t_ct_v.rotation * height * (SPINOUS_HALF_HEIGHT * k),
+        ])
+    }
+
     /// y of the skin surface above `(x, z)` (ct, metres): a quadratic back line along z, a
     /// shallow Gaussian midline groove and a gentle anterior fall-off laterally.
     pub fn skin_y(&self, x: f64, z: f64) -> f64 {

@@ -17,9 +17,11 @@
 //! * `labels.json` — geometry, class names and per frame: seed, pose, gain, contact and the
 //!   visible landmarks (`class`, `name`, fractional `row`/`col`, `distance_to_plane_m`), visible
 //!   as `telecho_sim::dataset::visible_landmarks` decides (within 2 mm of the plane, not
-//!   shadowed, coupled, an apex or an end of the imaged bone surface), and the `ignore` list: landmarks of a class
-//!   within 7 mm of the plane that are not visible (a detector may or may not report them; the
-//!   training loss and the evaluation neither reward nor punish a detection there).
+//!   shadowed, coupled, an apex or an end of the imaged bone surface), and the `ignore` list
+//!   (`telecho_sim::dataset::ignored_landmarks`): landmarks of a class within 7 mm of the plane
+//!   that are not visible, and spinous tips whose process's 20 mm tall end face the plane cuts,
+//!   at the cut (a detector may or may not report them; the training loss and the evaluation
+//!   neither reward nor punish a detection there).
 //!
 //! Read with numpy: `np.fromfile(d/"images.u8", np.uint8).reshape(count, height, width)`.
 
@@ -32,8 +34,8 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use serde::Serialize;
 use telecho_sim::dataset::{
-    landmark_class, poses_for_seed, render_pose, visible_landmarks, LabelParams, PoseSamplerParams,
-    LANDMARK_CLASSES,
+    ignored_landmarks, poses_for_seed, render_pose, visible_landmarks, LabelParams,
+    LabelledLandmark, PoseSamplerParams, LANDMARK_CLASSES,
 };
 use telecho_sim::Phantom;
 
@@ -178,32 +180,21 @@ fn write_dataset(
                 rows.write_all(&r.to_le_bytes())?;
             }
             let visible = visible_landmarks(&frame, &phantom, &label_params);
-            let landmarks: Vec<LandmarkLabel> = visible
-                .iter()
-                .map(|l| LandmarkLabel {
-                    class: l.class,
-                    name: names
-                        .get(l.index)
-                        .map_or_else(|| "?".to_owned(), |n| n.name.clone()),
-                    row: l.row,
-                    col: l.col,
-                    distance_to_plane_m: l.distance_to_plane_m,
-                })
-                .collect();
-            let ignore: Vec<LandmarkLabel> = frame
-                .landmarks
-                .iter()
-                .filter(|l| !visible.iter().any(|v| v.index == l.index))
-                .filter_map(|l| {
-                    Some(LandmarkLabel {
-                        class: landmark_class(l.index)?,
-                        name: names.get(l.index)?.name.clone(),
-                        row: l.row,
-                        col: l.col,
-                        distance_to_plane_m: l.distance_to_plane_m,
-                    })
-                })
-                .collect();
+            let label = |l: &LabelledLandmark| LandmarkLabel {
+                class: l.class,
+                name: names
+                    .get(l.index)
+                    .map_or_else(|| "?".to_owned(), |n| n.name.clone()),
+                row: l.row,
+                col: l.col,
+                distance_to_plane_m: l.distance_to_plane_m,
+            };
+            let landmarks: Vec<LandmarkLabel> = visible.iter().map(label).collect();
+            let ignore: Vec<LandmarkLabel> =
+                ignored_landmarks(&frame, &phantom, &visible, &label_params)
+                    .iter()
+                    .map(label)
+                    .collect();
             n_landmarks += landmarks.len();
             frames.push(FrameLabel {
                 seed,

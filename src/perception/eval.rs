@@ -29,7 +29,8 @@ use telecho_perception::detect::{
     ImageGeometry, LandmarkClass, LandmarkMatches, TrueLandmark,
 };
 use telecho_sim::dataset::{
-    landmark_class, poses_for_seed, render_pose, visible_landmarks, LabelParams, PoseSamplerParams,
+    ignored_landmarks, poses_for_seed, render_pose, visible_landmarks, LabelParams,
+    PoseSamplerParams,
 };
 use telecho_sim::Phantom;
 
@@ -254,13 +255,11 @@ pub(crate) fn run(args: &EvalArgs) -> CliResult {
                     })
                 })
                 .collect();
-            let ignore: Vec<TrueLandmark> = frame
-                .landmarks
+            let ignore: Vec<TrueLandmark> = ignored_landmarks(&frame, &phantom, &visible, &labels)
                 .iter()
-                .filter(|l| !visible.iter().any(|v| v.index == l.index))
                 .filter_map(|l| {
                     Some(TrueLandmark {
-                        class: LandmarkClass::from_index(landmark_class(l.index)?)?,
+                        class: LandmarkClass::from_index(l.class)?,
                         row: l.row,
                         col: l.col,
                     })
