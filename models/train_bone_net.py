@@ -27,6 +27,7 @@ Usage:
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -323,8 +324,18 @@ def peaks(heat, threshold, radius=3):
     return out
 
 
-def evaluate(model, ds, idx, spacing, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), tol_mm=3.0):
-    """Landmark P/R/F1 and median error per threshold on frames idx (no augmentation)."""
+THRESHOLDS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def prf(tp, fp, fn):
+    p = tp / max(tp + fp, 1)
+    r = tp / max(tp + fn, 1)
+    return p, r, 2 * p * r / max(p + r, 1e-9)
+
+
+def evaluate(model, ds, idx, spacing, thresholds=THRESHOLDS, tol_mm=3.0):
+    """Landmark P/R/F1 and median error per threshold on frames idx (no augmentation), overall
+    and per class (`counts[c] = [tp, fp, fn]`)."""
     model.eval()
     dets = []
     with torch.no_grad():
@@ -335,7 +346,7 @@ def evaluate(model, ds, idx, spacing, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 
     lat, ax = spacing
     res = {}
     for th in thresholds:
-        tp = fp = fn = 0
+        counts = np.zeros((len(CLASSES), 3), int)
         errs = []
         for i, heat in zip(idx, dets):
             pred = peaks(heat, th)
@@ -352,25 +363,43 @@ def evaluate(model, ds, idx, spacing, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 
                         best, bj = d, j
                 if bj >= 0:
                     used[bj] = True
-                    tp += 1
+                    counts[c, 0] += 1
                     errs.append(best)
                 else:
                     near_ign = any(
                         gc == c and math.hypot((r - gr) * ax, (col - gcol) * lat) * 1e3 <= tol_mm
                         for gc, gr, gcol in ign
                     )
-                    fp += 0 if near_ign else 1
-            fn += int((~used).sum())
-        p = tp / max(tp + fp, 1)
-        r = tp / max(tp + fn, 1)
-        f1 = 2 * p * r / max(p + r, 1e-9)
-        res[th] = dict(precision=p, recall=r, f1=f1, median_mm=float(np.median(errs)) if errs else None)
+                    counts[c, 1] += 0 if near_ign else 1
+            for j in np.nonzero(~used)[0]:
+                counts[int(gt[j][0]), 2] += 1
+        p, r, f1 = prf(*counts.sum(0))
+        res[th] = dict(precision=p, recall=r, f1=f1, median_mm=float(np.median(errs)) if errs else None,
+                       counts=counts.tolist())
     model.train()
     return res
 
 
 # ----------------------------------------------------------------------------------------------
 # Commands
+
+
+def class_f1(val, ths):
+    """Overall F1 with threshold ths[c] for class c (classes are scored independently)."""
+    tot = sum(np.array(val[t]["counts"][c]) for c, t in enumerate(ths))
+    return prf(*tot)[2]
+
+
+def choose_class_thresholds(val):
+    """The per-class thresholds with the best overall F1 on the validation frames (exhaustive
+    over the threshold grid; ties go to the higher threshold, the fewer false alarms)."""
+    ths = sorted(val)
+    best, best_f1 = None, -1.0
+    for combo in itertools.product(ths, repeat=len(CLASSES)):
+        f1 = class_f1(val, combo)
+        if f1 > best_f1 + 1e-12 or (abs(f1 - best_f1) <= 1e-12 and sum(combo) > sum(best)):
+            best, best_f1 = list(combo), f1
+    return best
 
 
 def file_sha256(p):
@@ -414,6 +443,18 @@ def train(args):
     has_lm = np.array([len(ds.frames[i]["landmarks"]) > 0 for i in train_idx])
     pos_idx, neg_idx = train_idx[has_lm], train_idx[~has_lm]
     n_pos = int(round(args.batch * args.positive_share))
+    # Frames with visible landmarks are drawn with weight (1 / n_c)^balance for the rarest class c
+    # they show (n_c: frames of the training set showing class c): facets and transverse
+    # processes are seen far less often than spinous tips.
+    shows = np.zeros((len(pos_idx), len(CLASSES)), bool)
+    for k, i in enumerate(pos_idx):
+        for l in ds.frames[i]["landmarks"]:
+            shows[k, l["class"]] = True
+    per_class = shows.sum(0)
+    print(f"training frames showing each class {dict(zip(CLASSES, per_class.tolist()))}", flush=True)
+    inv = np.where(per_class > 0, 1.0 / np.maximum(per_class, 1), 0.0) ** args.class_balance
+    pos_w = (shows * inv[None, :]).max(1)
+    pos_w = pos_w / pos_w.sum()
     # Schedules run on wall time (the machine is shared, its speed varies): crops for the first
     # `crop_share` of the budget, whole frames after; lr warm-up, then cosine decay to 0.
     while True:
@@ -422,7 +463,7 @@ def train(args):
             break
         # Frames showing landmarks are the minority: over-sample them.
         idx = np.concatenate([
-            rng.choice(pos_idx, n_pos, replace=False),
+            rng.choice(pos_idx, n_pos, replace=False, p=pos_w),
             rng.choice(neg_idx, args.batch - n_pos, replace=False),
         ])
         size = args.crop if frac < args.crop_share else H
@@ -452,6 +493,10 @@ def train(args):
     for th, r in val.items():
         print(f"validation threshold {th}: {r}", flush=True)
     best_th = max(val, key=lambda t: val[t]["f1"]) if val else 0.3
+    class_th = choose_class_thresholds(val) if val else [best_th] * len(CLASSES)
+    print(f"validation: one threshold {best_th} F1 {val[best_th]['f1']:.3f}; per class "
+          f"{class_th} F1 {class_f1(val, class_th):.3f}" if val else "no validation frames",
+          flush=True)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -488,7 +533,8 @@ def train(args):
         "output_stride": STRIDE,
         "output_pixel_centre": "output (i, j) stands for input (row, col) = (2 i + 0.5, 2 j + 0.5)",
         "classes": CLASSES,
-        "decode": {"landmark_threshold": best_th, "bone_threshold": 0.5, "nms_radius_px": 3},
+        "decode": {"landmark_threshold": best_th, "landmark_thresholds": class_th,
+                   "bone_threshold": 0.5, "nms_radius_px": 3},
         "architecture": {"name": "BoneNet", "widths": list(args.widths),
                          "parameters": sum(p.numel() for p in model.parameters())},
         "training": {
@@ -502,6 +548,8 @@ def train(args):
             "epochs": epoch,
             "batch": args.batch,
             "positive_share": args.positive_share,
+            "class_balance": args.class_balance,
+            "landmark_thresholds": class_th,
             "landmark_loss": args.landmark_loss,
             "landmark_pos_weight": args.landmark_pos_weight,
             "landmark_sigma_px": args.landmark_sigma,
@@ -549,10 +597,13 @@ def main():
     t.add_argument("--landmark-sigma", type=float, default=1.5, help="heatmap Gaussian, output px")
     t.add_argument("--positive-share", type=float, default=0.6,
                    help="share of each batch drawn from frames with visible landmarks")
+    t.add_argument("--class-balance", type=float, default=0.5,
+                   help="positive frames drawn with weight (1/frames of their rarest class)^this "
+                        "(0 = uniform)")
     t.add_argument("--crop", type=int, default=192, help="square training crops (multiple of 32)")
     t.add_argument("--crop-share", type=float, default=0.5,
                    help="share of the steps trained on crops; the rest on whole frames")
-    t.add_argument("--val-from-seed", type=int, default=1190,
+    t.add_argument("--val-from-seed", type=int, default=1550,
                    help="frames of seeds >= this are held out for validation and threshold choice")
     t.add_argument("--checkpoint", help="also save the PyTorch state dict here")
     t.add_argument("--no-git", action="store_true", help="do not run `git describe` for the sidecar")

@@ -20,10 +20,10 @@
 //!   output columns either side of it, linearly interpolated (the nearer one where only one has
 //!   bone or their rows differ by more than 2 output pixels). Confidence = probability.
 //! * **Landmarks**: per class, the local maxima of the heatmap over a
-//!   `(2·nms_radius_px + 1)²` window that reach [`CnnConfig::landmark_threshold`], refined to the
-//!   centroid of the 3 × 3 heat around them; then, across classes, a candidate within
-//!   [`CnnConfig::cross_class_radius_m`] of a better-scoring one is dropped (one structure, one
-//!   class).
+//!   `(2·nms_radius_px + 1)²` window that reach their class's threshold
+//!   ([`CnnConfig::landmark_thresholds`]), refined to the centroid of the 3 × 3 heat around them;
+//!   then, across classes, a candidate within [`CnnConfig::cross_class_radius_m`] of a
+//!   better-scoring one is dropped (one structure, one class).
 //!
 //! # Backends
 //!
@@ -377,9 +377,10 @@ pub struct CnnConfig {
     pub output_stride: usize,
     /// Bone where the column's best probability reaches this (default 0.5).
     pub bone_threshold: f32,
-    /// Landmark heatmap peaks from this score (default from the sidecar: chosen on the
-    /// validation seeds).
-    pub landmark_threshold: f32,
+    /// Landmark heatmap peaks from this score, per class in [`LandmarkClass::ALL`] order
+    /// (default from the sidecar: chosen on the validation seeds; a sidecar with one
+    /// `landmark_threshold` sets all four).
+    pub landmark_thresholds: [f32; 4],
     /// Half-width of the peak window, output pixels (default 3).
     pub nms_radius_px: usize,
     /// Candidates of different classes closer than this keep only the better one (m; default
@@ -396,7 +397,7 @@ impl Default for CnnConfig {
             input_offset: 0.0,
             output_stride: 2,
             bone_threshold: 0.5,
-            landmark_threshold: 0.3,
+            landmark_thresholds: [0.3; 4],
             nms_radius_px: 3,
             cross_class_radius_m: 2e-3,
             geometry: ImageGeometry::default(),
@@ -424,6 +425,7 @@ struct SidecarInput {
 #[derive(Debug, Default, Deserialize)]
 struct SidecarDecode {
     landmark_threshold: Option<f32>,
+    landmark_thresholds: Option<[f32; 4]>,
     bone_threshold: Option<f32>,
     nms_radius_px: Option<usize>,
     cross_class_radius_m: Option<f64>,
@@ -465,7 +467,11 @@ impl CnnConfig {
             input_offset: s.input.offset,
             output_stride: s.output_stride,
             bone_threshold: s.decode.bone_threshold.unwrap_or(d.bone_threshold),
-            landmark_threshold: s.decode.landmark_threshold.unwrap_or(d.landmark_threshold),
+            landmark_thresholds: s.decode.landmark_thresholds.unwrap_or_else(|| {
+                s.decode
+                    .landmark_threshold
+                    .map_or(d.landmark_thresholds, |t| [t; 4])
+            }),
             nms_radius_px: s.decode.nms_radius_px.unwrap_or(d.nms_radius_px),
             cross_class_radius_m: s
                 .decode
@@ -496,8 +502,16 @@ impl CnnConfig {
             ),
             (
                 "CNN landmark threshold (0–1)",
-                f64::from(self.landmark_threshold),
-                (0.0..=1.0).contains(&self.landmark_threshold),
+                f64::from(
+                    *self
+                        .landmark_thresholds
+                        .iter()
+                        .find(|t| !(0.0..=1.0).contains(*t))
+                        .unwrap_or(&0.0),
+                ),
+                self.landmark_thresholds
+                    .iter()
+                    .all(|t| (0.0..=1.0).contains(t)),
             ),
             (
                 "CNN cross-class radius (m)",
@@ -631,16 +645,17 @@ impl CnnDetector {
         &self.config
     }
 
-    /// Changes the decoding thresholds (the model's input size and stride stay).
+    /// Changes the decoding thresholds (the model's input size and stride stay); landmark
+    /// thresholds per class in [`LandmarkClass::ALL`] order.
     pub fn set_decoding(
         &mut self,
         bone_threshold: f32,
-        landmark_threshold: f32,
+        landmark_thresholds: [f32; 4],
         cross_class_radius_m: f64,
     ) -> Result<(), Error> {
         let c = CnnConfig {
             bone_threshold,
-            landmark_threshold,
+            landmark_thresholds,
             cross_class_radius_m,
             ..self.config
         };
@@ -785,10 +800,11 @@ impl CnnDetector {
         let mut cands: Vec<LandmarkCandidate> = Vec::new();
         for class in LandmarkClass::ALL {
             let h = &self.heat[class.index() * plane..(class.index() + 1) * plane];
+            let threshold = cfg.landmark_thresholds[class.index()];
             for i in 0..oh {
                 for j in 0..ow {
                     let v = h[i * ow + j];
-                    if v < cfg.landmark_threshold {
+                    if v < threshold {
                         continue;
                     }
                     let (i0, i1) = (i.saturating_sub(rad), (i + rad).min(oh - 1));

@@ -316,6 +316,80 @@ fn bad_sidecars_are_errors() {
     assert!(CnnConfig::from_sidecar(&threshold).is_err());
 }
 
+/// The bundled sidecar with its `decode` table's members replaced by `members`.
+fn sidecar_with_decode(members: serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(BUNDLED_SIDECAR).unwrap();
+    let decode = v["decode"].as_object_mut().unwrap();
+    decode.remove("landmark_threshold");
+    decode.remove("landmark_thresholds");
+    for (k, x) in members.as_object().unwrap() {
+        decode.insert(k.clone(), x.clone());
+    }
+    v.to_string()
+}
+
+#[test]
+fn landmark_thresholds_come_per_class_or_one_for_all() {
+    use serde_json::json;
+    let per_class = sidecar_with_decode(json!({"landmark_thresholds": [0.8, 0.5, 0.6, 0.7]}));
+    let c = CnnConfig::from_sidecar(&per_class).unwrap();
+    assert_eq!(c.landmark_thresholds, [0.8, 0.5, 0.6, 0.7]);
+    // An older sidecar's single threshold holds for every class; the per-class one wins.
+    let one = sidecar_with_decode(json!({"landmark_threshold": 0.65}));
+    assert_eq!(
+        CnnConfig::from_sidecar(&one).unwrap().landmark_thresholds,
+        [0.65; 4]
+    );
+    let both = sidecar_with_decode(
+        json!({"landmark_threshold": 0.65, "landmark_thresholds": [0.8, 0.5, 0.6, 0.7]}),
+    );
+    assert_eq!(
+        CnnConfig::from_sidecar(&both).unwrap().landmark_thresholds,
+        [0.8, 0.5, 0.6, 0.7]
+    );
+    // Out of range or the wrong number of classes: errors.
+    let high = sidecar_with_decode(json!({"landmark_thresholds": [0.8, 1.5, 0.6, 0.7]}));
+    let e = err_text(CnnConfig::from_sidecar(&high));
+    assert!(e.contains("landmark threshold") && e.contains("1.5"), "{e}");
+    let short = sidecar_with_decode(json!({"landmark_thresholds": [0.8, 0.5]}));
+    assert!(CnnConfig::from_sidecar(&short).is_err());
+}
+
+#[test]
+fn a_class_threshold_of_one_silences_that_class_only() {
+    let frames = held_out_frames(1..=4);
+    let mut cnn = tract();
+    let bone = cnn.config().bone_threshold;
+    let radius = cnn.config().cross_class_radius_m;
+    let mut det = FrameDetection::new();
+    let mut count = |cnn: &mut CnnDetector| {
+        let mut per_class = [0usize; 4];
+        for l in &frames {
+            let f = &l.frame;
+            cnn.detect(&f.pixels, f.width, f.height, &mut det).unwrap();
+            for d in det.landmarks() {
+                per_class[d.class.index()] += 1;
+            }
+        }
+        per_class
+    };
+    cnn.set_decoding(bone, [0.3; 4], radius).unwrap();
+    let all = count(&mut cnn);
+    assert!(all[0] > 0 && all[2] > 0, "{all:?}");
+    // Heatmaps are sigmoids, below 1: a threshold of 1 keeps nothing of its class.
+    cnn.set_decoding(bone, [0.3, 0.3, 1.0, 0.3], radius)
+        .unwrap();
+    let no_facets = count(&mut cnn);
+    assert_eq!(no_facets[2], 0, "{no_facets:?}");
+    assert!(
+        no_facets[0] >= all[0] && no_facets[3] >= all[3],
+        "{all:?} {no_facets:?}"
+    );
+    assert!(cnn
+        .set_decoding(bone, [0.3, f32::NAN, 0.3, 0.3], radius)
+        .is_err());
+}
+
 #[test]
 fn a_second_backend_is_refused() {
     let _ = tract();

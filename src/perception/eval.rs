@@ -64,7 +64,8 @@ pub(crate) struct EvalArgs {
     /// Landmark match tolerance (mm).
     #[arg(long, default_value_t = 3.0)]
     tolerance_mm: f64,
-    /// Override the CNN's landmark threshold (default: the model sidecar's).
+    /// Override the CNN's landmark thresholds with this one for every class (default: the
+    /// model sidecar's, per class).
     #[arg(long)]
     landmark_threshold: Option<f32>,
     /// Print one JSON object instead of the table.
@@ -214,7 +215,7 @@ pub(crate) fn run(args: &EvalArgs) -> CliResult {
     .map_err(CliError::input)?;
     if let Some(t) = args.landmark_threshold {
         let c = *cnn.config();
-        cnn.set_decoding(c.bone_threshold, t, c.cross_class_radius_m)
+        cnn.set_decoding(c.bone_threshold, [t; 4], c.cross_class_radius_m)
             .map_err(CliError::input)?;
     }
     let geometry = cnn.config().geometry;
