@@ -50,6 +50,8 @@ pub struct ConsoleView {
     scene: SceneNode3d,
     scene_2d: SceneNode2d,
     us_panel: Option<SceneNode2d>,
+    /// The ultrasound image on its plane in 3D, textured with the same frame as the panel.
+    us_quad: Option<SceneNode3d>,
     us_shown: Option<u64>,
     font: Arc<Font>,
     width: u32,
@@ -91,6 +93,7 @@ impl ConsoleView {
             scene,
             scene_2d: SceneNode2d::empty(),
             us_panel: None,
+            us_quad: None,
             us_shown: None,
             font: Font::default(),
             width,
@@ -185,7 +188,7 @@ impl ConsoleView {
                 false,
             );
         }
-        // Ultrasound plane outline in 3D, image in the panel.
+        // Ultrasound plane in 3D (outlined, textured with the image), image in the panel.
         if let Some(us) = &model.us {
             let c = us.corners_base();
             for i in 0..4 {
@@ -245,11 +248,15 @@ impl ConsoleView {
         }
     }
 
-    /// Keeps the 2D panel on the newest frame: a new texture only when the frame changed.
+    /// Keeps the 2D panel and the 3D image plane on the newest frame: a new texture (and plane
+    /// pose) only when the frame changed.
     fn update_us_panel(&mut self, us: Option<&UsImage>) {
         let Some(us) = us else {
             if let Some(p) = &mut self.us_panel {
                 p.set_visible(false);
+            }
+            if let Some(q) = &mut self.us_quad {
+                q.set_visible(false);
             }
             return;
         };
@@ -283,8 +290,18 @@ impl ConsoleView {
             .get_or_insert_with(|| self.scene_2d.add_rectangle(1.0, 1.0).set_color(WHITE));
         panel.set_local_scale(panel_w, panel_h);
         panel.set_position(centre);
-        panel.set_texture(texture);
+        panel.set_texture(texture.clone());
         panel.set_visible(true);
+        // kiss3d's 2 × 2-point quad: vertex k has texture coordinates (1 − k % 2, 1 − k / 2), and
+        // (0, 0) is the image's first pixel (row 0 at the probe face, column 0).
+        let [tl, tr, br, bl] = us.corners_base().map(|c| v3(&c));
+        let corners = [br, bl, tr, tl];
+        let quad = self
+            .us_quad
+            .get_or_insert_with(|| self.scene.add_quad_with_vertices(&corners, 2, 2));
+        quad.modify_vertices(&mut |v| v.copy_from_slice(&corners));
+        quad.set_texture(texture);
+        quad.set_visible(true);
         self.us_shown = Some(us.seq);
     }
 }
@@ -464,12 +481,38 @@ pub struct RgbPixels {
     pub data: Vec<u8>,
 }
 
+thread_local! {
+    /// The off-screen surface of this thread, kept for the next screenshot: kiss3d's GPU
+    /// context is global to the process, and a second surface on a fresh device trips over
+    /// pipeline state cached for the first one. Never dropped (`ManuallyDrop`): kiss3d's drop
+    /// reaches for thread-locals that are already gone when the thread ends; the process ends
+    /// soon after and takes the surface with it.
+    static SURFACE: std::cell::RefCell<Option<std::mem::ManuallyDrop<OffscreenSurface>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Renders `model` off screen (no window, no display server) to an RGB image of
-/// `width × height`. Fails when no graphics adapter is available.
+/// `width × height`. Fails when no graphics adapter is available, and when a thread asks for a
+/// second size (its surface is reused, see above).
 pub fn screenshot(model: &SceneModel, width: u32, height: u32) -> Result<RgbPixels, Error> {
     let work = async {
-        let mut surface = OffscreenSurface::new(width, height).await;
-        surface.set_background_color(colour(0.07, 0.08, 0.11));
+        let mut slot = SURFACE.with(|s| s.borrow_mut().take());
+        if slot.is_none() {
+            let mut surface = OffscreenSurface::new(width, height).await;
+            surface.set_background_color(colour(0.07, 0.08, 0.11));
+            slot = Some(std::mem::ManuallyDrop::new(surface));
+        }
+        let Some(mut surface) = slot else {
+            unreachable!("set above")
+        };
+        let (w0, h0) = (surface.width(), surface.height());
+        if (w0, h0) != (width, height) {
+            SURFACE.with(|s| *s.borrow_mut() = Some(surface));
+            return Err(Error::view(format!(
+                "this thread renders off screen at {w0} × {h0}; {width} × {height} needs another \
+                 process"
+            )));
+        }
         let (centre, radius) = model.bounds().unwrap_or((Vector3::zeros(), 1.0));
         let mut view = ConsoleView::new(width, height, centre, radius);
         // Two frames: the first uploads the textures.
@@ -486,12 +529,14 @@ pub fn screenshot(model: &SceneModel, width: u32, height: u32) -> Result<RgbPixe
                 )
                 .await;
         }
-        surface.snap_image()
+        let img = surface.snap_image();
+        SURFACE.with(|s| *s.borrow_mut() = Some(surface));
+        Ok(img)
     };
     let img = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         kiss3d::pollster::block_on(work)
     }))
-    .map_err(|_| Error::view("no graphics adapter to render with (install a Vulkan or GL driver, e.g. Mesa's mesa-vulkan-drivers)"))?;
+    .map_err(|_| Error::view("no graphics adapter to render with (install a Vulkan or GL driver, e.g. Mesa's mesa-vulkan-drivers)"))??;
     let (w, h) = (img.width(), img.height());
     let data = img.into_raw();
     if data.len() != (w as usize) * (h as usize) * 3 {
