@@ -8,8 +8,8 @@ use std::time::Duration;
 use nalgebra::{UnitQuaternion, Vector3};
 use telecho_teleop::audit::verify;
 use telecho_teleop::console::ConsoleEvent;
-use telecho_teleop::net::client::TeleopClient;
-use telecho_teleop::net::server::{CommandReceiver, ServerEvent, TeleopServer};
+use telecho_teleop::net::client::{ClientConfig, TeleopClient};
+use telecho_teleop::net::server::{CommandReceiver, ServerConfig, ServerEvent, TeleopServer};
 use telecho_teleop::net::ClientAuth;
 use telecho_teleop::pki::{load_certs, load_key, PkiDir};
 use telecho_teleop::session::{ControlCommand, SessionRequest};
@@ -225,6 +225,43 @@ async fn handshakes_without_a_valid_client_certificate_are_refused() {
     let c = TeleopClient::connect(client_config("operator", addr))
         .await
         .unwrap();
+    assert_eq!(server.stats().core.connections, 1);
+    c.close().await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_certificate_must_name_the_address_dialled() {
+    // 127.0.0.2 is loopback too, but the site's server certificate does not name it (only
+    // localhost, 127.0.0.1, ::1): a client that dials it refuses the server, as it would a
+    // stranger at that address.
+    let mut sc = server_config(&tmp("loop-name"));
+    sc.listen = "127.0.0.2:0".parse().unwrap();
+    let (server, _ch) = TeleopServer::bind(sc).unwrap();
+    let addr = server.local_addr().unwrap();
+    let cfg = client_config("operator", addr);
+    assert_eq!(cfg.server_name, "127.0.0.2");
+    let e = TeleopClient::connect(cfg).await.unwrap_err().to_string();
+    println!("dialling 127.0.0.2: {e}");
+    assert!(e.contains("certificate") || e.contains("name"), "{e}");
+    assert_eq!(server.stats().core.connections, 0);
+    // Checking a name the certificate carries instead connects.
+    let mut cfg = client_config("operator", addr);
+    cfg.server_name = "localhost".into();
+    let c = TeleopClient::connect(cfg).await.unwrap();
+    assert_eq!(server.stats().core.connections, 1);
+    c.close().await;
+    server.shutdown().await.unwrap();
+    // A certificate that names the address (`certs init --names 127.0.0.2`) is accepted as dialled.
+    let named = tmp("loop-name-pki");
+    let _ = std::fs::remove_dir_all(&named);
+    telecho_teleop::pki::init(&named, &["127.0.0.2".to_owned()]).unwrap();
+    let mut sc = ServerConfig::from_pki(&named, "127.0.0.2:0".parse().unwrap()).unwrap();
+    sc.audit = Some(named.join("audit.jsonl"));
+    let (server, _ch) = TeleopServer::bind(sc).unwrap();
+    let addr = server.local_addr().unwrap();
+    let cfg = ClientConfig::from_pki(&named, "operator", addr).unwrap();
+    let c = TeleopClient::connect(cfg).await.unwrap();
     assert_eq!(server.stats().core.connections, 1);
     c.close().await;
     server.shutdown().await.unwrap();

@@ -29,7 +29,8 @@ use crate::Error;
 pub struct ClientConfig {
     /// The patient side's address.
     pub server: SocketAddr,
-    /// Name the server certificate must carry (`localhost`, an IP or a DNS name).
+    /// Name the server certificate must carry (an IP address or a DNS name); [`Self::from_pki`]
+    /// sets the address dialled, as a browser checks the host it connects to.
     pub server_name: String,
     /// CA certificates the server certificate must chain to.
     pub ca: Vec<CertificateDer<'static>>,
@@ -50,12 +51,15 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Settings from a PKI directory: trusts `ca.pem`, presents `<name>.pem`/`<name>.key`.
+    /// Settings from a PKI directory: trusts `ca.pem`, presents `<name>.pem`/`<name>.key`, and
+    /// expects the server certificate to name `server`'s IP address (`telecho certs init`
+    /// always names `127.0.0.1` and `::1`; `--names` adds the site's addresses and DNS names;
+    /// set [`Self::server_name`] to check a DNS name instead).
     pub fn from_pki(pki: &Path, name: &str, server: SocketAddr) -> Result<Self, Error> {
         let dir = PkiDir::new(pki);
         Ok(Self {
             server,
-            server_name: "localhost".into(),
+            server_name: server.ip().to_string(),
             ca: load_certs(&dir.ca_cert())?,
             auth: ClientAuth::Cert(load_certs(&dir.cert(name))?, load_key(&dir.key(name))?),
             alpn: ALPN.to_vec(),
