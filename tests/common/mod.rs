@@ -35,13 +35,34 @@ pub(crate) fn certs(dir: &Path) {
 /// (the summary), and returns it with the address it listens on. Its other stderr lines are
 /// passed through, prefixed with `[serve]`.
 pub(crate) fn serve_sim(pki: &Path, audit: &Path, duration_s: f64) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_telecho"))
+    serve_sim_via(&[], "127.0.0.1:0", pki, audit, duration_s)
+}
+
+/// [`serve_sim`] listening on `listen`, started through the command `wrapper` (e.g. `ip netns
+/// exec NS`; empty: directly).
+pub(crate) fn serve_sim_via(
+    wrapper: &[&str],
+    listen: &str,
+    pki: &Path,
+    audit: &Path,
+    duration_s: f64,
+) -> (Child, SocketAddr) {
+    let bin = env!("CARGO_BIN_EXE_telecho");
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
         .args([
             "teleop",
             "serve",
             "--sim",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--pki",
             pki.to_str().unwrap(),
             "--audit",
