@@ -112,6 +112,8 @@ struct Report {
     tolerance_mm: f64,
     backend: String,
     runtime: String,
+    /// The CNN's landmark thresholds, per class (spinous tip, lamina, facet, transverse process).
+    cnn_landmark_thresholds: [f32; 4],
     cnn: DetectorStats,
     classical: DetectorStats,
     targets: Targets,
@@ -288,6 +290,7 @@ pub(crate) fn run(args: &EvalArgs) -> CliResult {
         tolerance_mm: args.tolerance_mm,
         backend: backend.name().to_owned(),
         runtime,
+        cnn_landmark_thresholds: cnn.config().landmark_thresholds,
         cnn: accs[0].stats("cnn", frames),
         classical: accs[1].stats("classical", frames),
         targets: Targets {
@@ -413,10 +416,16 @@ fn print_table(r: &Report) {
             s.mean_ms_per_frame
         );
     }
-    println!("per class F1 (CNN / classical):");
-    for (a, b) in r.cnn.per_class.iter().zip(&r.classical.per_class) {
+    println!("per class F1 (CNN / classical), CNN threshold:");
+    for ((a, b), t) in r
+        .cnn
+        .per_class
+        .iter()
+        .zip(&r.classical.per_class)
+        .zip(r.cnn_landmark_thresholds)
+    {
         println!(
-            "  {:<19} n {:>5}  {:.3} / {:.3}   loc median {} / {} mm",
+            "  {:<19} n {:>5}  {:.3} / {:.3}   loc median {} / {} mm   threshold {t:.2}",
             a.class,
             a.true_landmarks,
             a.f1,
