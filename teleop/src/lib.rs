@@ -15,6 +15,7 @@ pub mod pki;
 pub mod predict;
 pub mod session;
 pub mod setpoint_link;
+pub mod spacemouse;
 pub mod us_codec;
 pub mod view;
 pub mod watchdog;
