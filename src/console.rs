@@ -1,12 +1,16 @@
 //! `telecho console`: the remote sonographer's console. Connects to the patient side over QUIC
 //! with its certificate, shows the arm, the measured and the predicted probe, the skin under
 //! the probe, the ultrasound plane and image, the registered CBCT bone surface and landmarks, a
-//! force gauge and the link latency (kiss3d), and steers from the keyboard. `--screenshot FILE`
-//! renders the same view off screen after a few seconds of live data and exits.
+//! force gauge and the link latency (kiss3d), and steers from the keyboard and a 3D mouse.
+//! `--screenshot FILE` renders the same view off screen after a few seconds of live data and
+//! exits.
 //!
 //! Keys (window): arrows move the probe target laterally and cranially (10 mm/s while held),
 //! `W`/`S` move it along the probe axis, `+`/`-` change the force setpoint by 0.5 N, `L` takes
-//! the lease, `K` releases it, `Space` e-stop, `R` reset. The keyboard is a [`HapticDevice`]
+//! the lease, `K` releases it, `Space` e-stop, `R` reset. A 3D mouse (through spacenavd,
+//! [`telecho_teleop::spacemouse`]) adds its translation to the keys' and turns the probe,
+//! within [`MAX_TILT_DEG`] of its orientation when the lease was taken; its button 0 takes or
+//! releases the lease, button 1 resets. Keyboard and 3D mouse together are a [`HapticDevice`]
 //! without force output; the force is shown on the gauge.
 
 use std::net::SocketAddr;
@@ -21,6 +25,9 @@ use telecho_control::Chain;
 use telecho_teleop::console::ConsoleEvent;
 use telecho_teleop::haptics::{ArmModel, DeviceSample, HapticDevice, SimulatedOperator};
 use telecho_teleop::net::client::{ClientConfig, TeleopClient};
+use telecho_teleop::spacemouse::{
+    self, SpaceMouseAction, SpaceMouseClient, SpaceMouseConfig, Twist,
+};
 use telecho_teleop::view::{LandmarkMark, SceneModel};
 use telecho_teleop::wire::{CommandMode, LeaseOutcome, Pose, Role, Target};
 
@@ -30,6 +37,9 @@ use crate::CliResult;
 
 /// Probe target speed while an arrow key is held, m/s.
 const KEY_SPEED_M_S: f64 = 0.01;
+
+/// Most the 3D mouse tilts the probe axis away from its direction when the lease was taken, °.
+const MAX_TILT_DEG: f64 = 30.0;
 
 /// Most bone-surface points drawn (the CT surface is subsampled evenly to this many).
 const MAX_BONE_POINTS: usize = 20_000;
@@ -78,6 +88,20 @@ pub(crate) struct ConsoleArgs {
     /// Print one JSON object (what was received and rendered) instead of a line.
     #[arg(long)]
     json: bool,
+    /// spacenavd's socket, for a 3D mouse (SpaceMouse, SpaceNavigator, Spaceball) beside the
+    /// keyboard in the window. Without this option the default socket is used when it exists.
+    #[arg(long, value_name = "PATH", default_missing_value = spacemouse::DEFAULT_SOCKET,
+          num_args = 0..=1)]
+    spacemouse: Option<PathBuf>,
+    /// Keyboard only, even when spacenavd runs.
+    #[arg(long, conflicts_with = "spacemouse")]
+    no_spacemouse: bool,
+    /// 3D mouse: probe speed at full deflection, mm/s.
+    #[arg(long, default_value_t = 10.0)]
+    spacemouse_mm_s: f64,
+    /// 3D mouse: probe turn rate at full deflection, °/s.
+    #[arg(long, default_value_t = 10.0)]
+    spacemouse_deg_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,7 +195,58 @@ fn check(args: &ConsoleArgs) -> Result<(), CliError> {
             "--steer is for --screenshot runs; in the window, steer with the keys"
         )));
     }
+    if args.spacemouse.is_some() && args.screenshot.is_some() {
+        return Err(CliError::input(anyhow!(
+            "--spacemouse is for the window; --screenshot runs steer with --steer"
+        )));
+    }
+    spacemouse_config(args)
+        .validate()
+        .map_err(|e| CliError::input(anyhow!("--spacemouse-mm-s/--spacemouse-deg-s: {e}")))?;
     Ok(())
+}
+
+fn spacemouse_config(args: &ConsoleArgs) -> SpaceMouseConfig {
+    SpaceMouseConfig {
+        max_speed_m_s: args.spacemouse_mm_s * 1e-3,
+        max_rate_rad_s: args.spacemouse_deg_s.to_radians(),
+        ..SpaceMouseConfig::default()
+    }
+}
+
+/// The 3D mouse: the socket `--spacemouse` names (an error if it cannot be reached), else
+/// spacenavd's default socket if it exists, unless `--no-spacemouse`. Logs which input is used.
+fn open_spacemouse(args: &ConsoleArgs) -> Result<Option<SpaceMouseClient>, CliError> {
+    let default = Path::new(spacemouse::DEFAULT_SOCKET);
+    let path = match &args.spacemouse {
+        _ if args.no_spacemouse => {
+            tracing::info!("input: keyboard (--no-spacemouse)");
+            return Ok(None);
+        }
+        Some(path) => path.as_path(),
+        None if default.exists() => default,
+        None => {
+            tracing::info!(
+                "input: keyboard (no spacenavd socket at {}; see --spacemouse)",
+                default.display()
+            );
+            return Ok(None);
+        }
+    };
+    match SpaceMouseClient::connect(path, spacemouse_config(args)) {
+        Ok(mouse) => {
+            tracing::info!(
+                "input: keyboard and 3D mouse (spacenavd at {})",
+                path.display()
+            );
+            Ok(Some(mouse))
+        }
+        Err(e) if args.spacemouse.is_some() => Err(CliError::input(anyhow!("--spacemouse: {e}"))),
+        Err(e) => {
+            tracing::warn!("{e}; input: keyboard only");
+            Ok(None)
+        }
+    }
 }
 
 /// The patient's plan: the registered CBCT bone surface and landmarks, base frame.
@@ -235,15 +310,15 @@ fn load_plan(args: &ConsoleArgs, model: &mut SceneModel) -> Result<(), CliError>
     Ok(())
 }
 
-/// The keyboard as a hand controller: keys set a velocity, the handle integrates it. It has no
-/// motors, so the rendered force is shown, not felt.
+/// The keyboard and the 3D mouse as a hand controller: keys and cap set a velocity, the handle
+/// integrates it. It has no motors, so the rendered force is shown, not felt.
 #[derive(Debug)]
-struct KeyboardDevice {
+struct DeskDevice {
     position_m: Vector3<f64>,
     velocity_m_s: Vector3<f64>,
 }
 
-impl HapticDevice for KeyboardDevice {
+impl HapticDevice for DeskDevice {
     fn sample(&mut self) -> DeviceSample {
         DeviceSample {
             position_m: self.position_m,
@@ -417,9 +492,12 @@ fn window_run(
     let interrupted =
         || crate::teleop::serve::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
     let mut commands_sent = 0u64;
+    let mut mouse = open_spacemouse(args)?;
     rt.block_on(async {
         let mut window = ConsoleWindow::open("telecho console", args.width, args.height).await;
-        let mut device: Option<(KeyboardDevice, UnitQuaternion<f64>)> = None;
+        // The hand controller, the probe orientation it commands, and the orientation when the
+        // lease was taken (the 3D mouse's tilt limit is about it).
+        let mut device: Option<(DeskDevice, UnitQuaternion<f64>, UnitQuaternion<f64>)> = None;
         let mut force_n = 8.0f64;
         let mut last = Instant::now();
         loop {
@@ -427,7 +505,24 @@ fn window_run(
             let now = Instant::now();
             let dt = (now - last).as_secs_f64().clamp(1e-4, 0.1);
             last = now;
-            for key in window.pressed() {
+            // The 3D mouse's buttons act as their keys; a broken stream drops the mouse (and
+            // its motion), the keyboard stays.
+            let mouse_keys = match mouse.as_mut().map(|m| m.poll(now)) {
+                Some(Ok(polled)) => polled.actions,
+                Some(Err(e)) => {
+                    tracing::error!("3D mouse: {e}; input: keyboard only from now on");
+                    mouse = None;
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            let mouse_keys = mouse_keys.into_iter().map(|action| match action {
+                SpaceMouseAction::ToggleLease if client.has_lease() => ConsoleKey::Release,
+                SpaceMouseAction::ToggleLease => ConsoleKey::Acquire,
+                SpaceMouseAction::Reset => ConsoleKey::Reset,
+            });
+            let keys: Vec<ConsoleKey> = window.pressed().into_iter().chain(mouse_keys).collect();
+            for key in keys {
                 match key {
                     ConsoleKey::Acquire => {
                         client.request(|c| c.acquire());
@@ -461,19 +556,20 @@ fn window_run(
                     _ => {}
                 }
             }
-            // The keyboard handle starts where the probe is once we hold the lease.
+            // The handle starts where the probe is once we hold the lease.
             if !client.has_lease() {
                 device = None;
             } else if device.is_none() {
                 if let Some(p) = model.probe {
-                    let dev = KeyboardDevice {
+                    let dev = DeskDevice {
                         position_m: p.translation,
                         velocity_m_s: Vector3::zeros(),
                     };
-                    device = Some((dev, UnitQuaternion::from_matrix(&p.rotation)));
+                    let q = UnitQuaternion::from_matrix(&p.rotation);
+                    device = Some((dev, q, q));
                 }
             }
-            if let Some((dev, q)) = &mut device {
+            if let Some((dev, q, q_lease)) = &mut device {
                 let axis = |plus: ConsoleKey, minus: ConsoleKey| {
                     f64::from(u8::from(window.held(plus))) - f64::from(u8::from(window.held(minus)))
                 };
@@ -482,8 +578,17 @@ fn window_run(
                     axis(ConsoleKey::Up, ConsoleKey::Down),
                     axis(ConsoleKey::In, ConsoleKey::Out),
                 );
-                dev.velocity_m_s = q.to_rotation_matrix() * local * KEY_SPEED_M_S;
+                let cap = mouse.as_ref().map_or(Twist::default(), |m| m.twist(now));
+                dev.velocity_m_s =
+                    q.to_rotation_matrix() * (local * KEY_SPEED_M_S + cap.linear_m_s);
                 dev.position_m += dev.velocity_m_s * dt;
+                *q = spacemouse::turn_probe(
+                    *q,
+                    *q_lease,
+                    cap.angular_rad_s,
+                    dt,
+                    MAX_TILT_DEG.to_radians(),
+                );
                 let s = dev.sample();
                 let f = client.request(|c| c.renderer().render(&s.position_m, &s.velocity_m_s, dt));
                 dev.set_force(f.force_n);
