@@ -46,9 +46,15 @@ const MAX_BONE_POINTS: usize = 20_000;
 
 #[derive(Debug, Args)]
 pub(crate) struct ConsoleArgs {
-    /// Address of the patient side (`telecho teleop serve --listen ADDR`).
+    /// The patient side (`telecho teleop serve --listen ADDR`): `IP:PORT` or `HOST:PORT`. Its
+    /// certificate must name that IP or host (`telecho certs init --names`), unless
+    /// `--server-name` says which name to check instead.
+    #[arg(long, value_name = "ADDR")]
+    connect: String,
+    /// The name the patient side's certificate must carry (default: the host or IP of
+    /// `--connect`).
     #[arg(long)]
-    connect: SocketAddr,
+    server_name: Option<String>,
     /// Site PKI directory (`telecho certs init`): `ca.pem` and this console's certificate.
     #[arg(long)]
     pki: PathBuf,
@@ -341,6 +347,34 @@ async fn pump(client: &mut TeleopClient, model: &mut SceneModel, chain: &Chain) 
     model.latency = client.latency();
 }
 
+/// `IP:PORT` or `HOST:PORT` → the address to dial and the name its certificate must carry.
+fn resolve(connect: &str) -> Result<(SocketAddr, String), CliError> {
+    if let Ok(addr) = connect.parse::<SocketAddr>() {
+        return Ok((addr, addr.ip().to_string()));
+    }
+    let bad = || {
+        CliError::input(anyhow!(
+            "--connect {connect:?}: expected IP:PORT or HOST:PORT"
+        ))
+    };
+    let (host, port) = connect.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| CliError::input(anyhow!("--connect {connect:?}: cannot resolve {host}: {e}")))?
+        .collect();
+    // IPv4 first: a QUIC dial to an address nobody listens on only fails at the timeout.
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| CliError::input(anyhow!("--connect {connect:?}: {host} has no address")))?;
+    Ok((addr, host.to_owned()))
+}
+
 fn pose_target(position: Vector3<f64>, orientation: UnitQuaternion<f64>) -> Target {
     Target::Pose(Pose {
         position_m: position,
@@ -356,8 +390,10 @@ pub(crate) fn run(args: &ConsoleArgs) -> CliResult {
     let mut model = SceneModel::new(args.force_limit_n);
     load_plan(args, &mut model)?;
     let rt = crate::teleop::serve::runtime()?;
-    let cfg = ClientConfig::from_pki(&args.pki, &args.name, args.connect)
+    let (addr, host) = resolve(&args.connect)?;
+    let mut cfg = ClientConfig::from_pki(&args.pki, &args.name, addr)
         .map_err(|e| CliError::input(anyhow!("PKI {}: {e}", args.pki.display())))?;
+    cfg.server_name = args.server_name.clone().unwrap_or(host);
     let mut client = rt
         .block_on(TeleopClient::connect(cfg))
         .map_err(|e| CliError::failed(anyhow!("cannot connect to {}: {e}", args.connect)))?;

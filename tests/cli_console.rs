@@ -81,10 +81,11 @@ fn screenshot_of_a_live_steered_session_shows_the_scene() {
     let dir = pki("console-live");
     let server = serve(&dir);
     let shot = dir.join("console.png");
+    // By host name: the site certificate names localhost.
     let out = telecho(&[
         "console",
         "--connect",
-        &server.addr.to_string(),
+        &format!("localhost:{}", server.addr.port()),
         "--pki",
         dir.to_str().unwrap(),
         "--screenshot",
@@ -275,13 +276,30 @@ fn an_observer_watches_but_cannot_steer() {
     assert_eq!(steer.status.code(), Some(1));
     let err = String::from_utf8_lossy(&steer.stderr);
     assert!(err.contains("lease was not granted"), "{err}");
+    // A name the server certificate does not carry: refused at the handshake (exit 1).
+    let out = telecho(&[
+        "console",
+        "--connect",
+        &server.addr.to_string(),
+        "--pki",
+        dir.to_str().unwrap(),
+        "--name",
+        "observer",
+        "--server-name",
+        "telecho.example",
+        "--screenshot",
+        "/dev/null",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not valid for name"), "{err}");
 }
 
 #[test]
 fn bad_console_input_is_one_clear_line() {
     let dir = pki("console-bad");
     let d = dir.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &[
                 "console",
@@ -309,6 +327,15 @@ fn bad_console_input_is_one_clear_line() {
         (
             &["console", "--connect", "127.0.0.1:9", "--pki", d, "--steer"],
             "--steer",
+        ),
+        (
+            &["console", "--connect", "127.0.0.1", "--pki", d],
+            "--connect",
+        ),
+        (&["console", "--connect", ":4433", "--pki", d], "--connect"),
+        (
+            &["console", "--connect", "localhost:99999", "--pki", d],
+            "--connect",
         ),
         (
             &[
