@@ -22,6 +22,7 @@ labels.json).
 
 Usage:
     python3 models/train_bone_net.py train --data DIR --out models/bone_net.onnx [--minutes 25]
+    python3 models/train_bone_net.py thresholds --data DIR [--model models/bone_net.onnx]
     python3 models/train_bone_net.py export-untrained --out /tmp/untrained.onnx
 """
 
@@ -572,6 +573,60 @@ def train(args):
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) and {out.with_suffix('.json')}")
 
 
+class OnnxModel:
+    """An exported model behind the interface `evaluate` uses (ONNX Runtime, one frame a run)."""
+
+    def __init__(self, path):
+        import onnxruntime as ort
+
+        self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+    def __call__(self, x):
+        outs = [self.sess.run(None, {"image": xi[None].numpy()}) for xi in x]
+        return (torch.from_numpy(np.concatenate([o[0] for o in outs])),
+                torch.from_numpy(np.concatenate([o[1] for o in outs])))
+
+
+def thresholds(args):
+    """Choose per-class landmark thresholds for an exported model on a dataset's validation
+    seeds (never trained on) and write them into its sidecar (`decode.landmark_thresholds`)."""
+    ds = Dataset(args.data)
+    lab = ds.labels
+    val_idx = np.nonzero(ds.seeds >= args.val_from_seed)[0]
+    if not len(val_idx):
+        sys.exit(f"no frames of seeds >= {args.val_from_seed} in {args.data}")
+    spacing = (lab["lateral_spacing_m"], lab["axial_spacing_m"])
+    val = evaluate(OnnxModel(args.model), ds, val_idx, spacing)
+    for th, r in val.items():
+        print(f"threshold {th}: F1 {r['f1']:.3f} per class [tp, fp, fn] {r['counts']}", flush=True)
+    best_th = max(val, key=lambda t: val[t]["f1"])
+    class_th = choose_class_thresholds(val)
+    f1 = class_f1(val, class_th)
+    print(f"one threshold {best_th}: F1 {val[best_th]['f1']:.3f}; per class {class_th}: F1 {f1:.3f}")
+    side = Path(args.model).with_suffix(".json")
+    sidecar = json.loads(side.read_text())
+    sidecar["decode"]["landmark_thresholds"] = class_th
+    sidecar["threshold_choice"] = {
+        "command": " ".join(["models/train_bone_net.py"] + sys.argv[1:]),
+        "dataset_command": lab.get("command"),
+        "validation_seeds": [int(args.val_from_seed), int(lab["seeds"][1])],
+        "validation_frames": int(len(val_idx)),
+        "landmark_thresholds": class_th,
+        "f1_per_class_thresholds": f1,
+        "f1_one_threshold": [best_th, val[best_th]["f1"]],
+        "validation": {str(k): v for k, v in val.items()},
+        "dataset_code_sha256": {p: file_sha256(ROOT / p) for p in DATASET_CODE if (ROOT / p).exists()},
+    }
+    side.write_text(json.dumps(sidecar, indent=2) + "\n")
+    print(f"wrote {side}")
+
+
 def export_untrained(args):
     torch.manual_seed(0)
     m = BoneNet(tuple(args.widths))
@@ -607,11 +662,17 @@ def main():
                    help="frames of seeds >= this are held out for validation and threshold choice")
     t.add_argument("--checkpoint", help="also save the PyTorch state dict here")
     t.add_argument("--no-git", action="store_true", help="do not run `git describe` for the sidecar")
+    th = sub.add_parser("thresholds", help="choose per-class landmark thresholds of an exported "
+                        "model on a dataset's validation seeds; rewrites its sidecar")
+    th.add_argument("--data", required=True, help="folder written by `telecho perception dataset`")
+    th.add_argument("--model", default=str(ROOT / "models" / "bone_net.onnx"))
+    th.add_argument("--val-from-seed", type=int, default=1550,
+                    help="frames of seeds >= this are the validation frames (never trained on)")
     e = sub.add_parser("export-untrained", help="export a randomly initialised network (timing)")
     e.add_argument("--out", required=True)
     e.add_argument("--widths", type=int, nargs=4, default=[16, 32, 48, 64])
     args = ap.parse_args()
-    {"train": train, "export-untrained": export_untrained}[args.cmd](args)
+    {"train": train, "thresholds": thresholds, "export-untrained": export_untrained}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -147,17 +147,33 @@ fn eval_reports_cnn_beside_classical_on_held_out_seeds() {
     );
     // One frame in eight shows a fairly visible landmark: a dozen patients give about 50.
     assert!(n >= 40.0, "{n}");
-    // Issue 5's localisation target holds; its F1 ≥ 0.9 does not yet (the bundled model measures
-    // 0.66 here): the report says so, and F1 is held to what the model measures.
+    // Issue 5's localisation target holds; its F1 ≥ 0.9 does not yet (the bundled model with its
+    // per-class thresholds measures 0.80 here: spinous tips 0.96, transverse processes 0.72,
+    // facets 0): the report says so, and F1 is held to what the model measures.
     assert!(med <= 1.5, "CNN median localisation error {med} mm");
     assert_eq!(r["targets"]["cnn_median_error_met"], true);
     assert_eq!(r["targets"]["cnn_f1_met"], f1 >= 0.9);
-    assert!(f1 >= 0.6, "CNN F1 {f1}");
+    assert!(f1 >= 0.75, "CNN F1 {f1}");
     assert!(dice >= 0.95, "CNN bone Dice {dice}");
     assert!(dice_c >= 0.5, "classical bone Dice {dice_c}");
     assert!(dice > dice_c, "bone Dice: CNN {dice}, classical {dice_c}");
     assert!(f1 > f1c + 0.25, "F1: CNN {f1}, classical {f1c}");
     assert_eq!(r["cnn"]["per_class"].as_array().unwrap().len(), 4);
+    // The sidecar's per-class thresholds are in force and reported; `--landmark-threshold` sets
+    // one for all four.
+    let th: Vec<f64> = r["cnn_landmark_thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(th.len(), 4);
+    assert!(th.iter().any(|t| (t - th[0]).abs() > 1e-6), "{th:?}");
+    let one = eval(&["--landmark-threshold", "0.5"]);
+    assert_eq!(
+        one["cnn_landmark_thresholds"],
+        serde_json::json!([0.5, 0.5, 0.5, 0.5])
+    );
 }
 
 #[test]
