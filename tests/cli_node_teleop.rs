@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::certs;
-use common::connect;
+use common::{connect, next_state};
 use nalgebra::Vector3;
 use telecho_control::ros2::{self, command_qos, publisher, stream_qos, subscription};
 use telecho_core::ros_msgs::{
@@ -89,22 +89,6 @@ async fn wait_state(
         _ => None,
     })
     .await
-}
-
-/// The newest robot state.
-async fn next_state(c: &mut TeleopClient) -> RobotState {
-    let mut last = None;
-    while let Some(ev) = c.next_event(Duration::ZERO).await {
-        if let ConsoleEvent::State(s) = ev {
-            last = Some(s);
-        }
-    }
-    match last {
-        Some(s) => s,
-        None => wait_state(c, Duration::from_secs(2), |_| true)
-            .await
-            .expect("robot state within 2 s"),
-    }
 }
 
 /// Sends free-space pose commands along `path(t)` at 200 Hz for `secs`; the newest state.

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::connect;
 use common::{certs, telecho};
+use common::{connect, next_state};
 use nalgebra::Vector3;
 use telecho_teleop::console::ConsoleEvent;
 use telecho_teleop::net::client::TeleopClient;
@@ -32,25 +32,6 @@ fn serve(pki: &Path, audit: &Path, duration_s: f64) -> (Child, SocketAddr) {
 
 fn summary(child: Child) -> serde_json::Value {
     common::child_summary(child, Duration::from_secs(60))
-}
-
-/// The newest robot state: drains the buffered events, waits for one if none is buffered.
-async fn next_state(c: &mut TeleopClient) -> RobotState {
-    let mut last = None;
-    while let Some(ev) = c.next_event(Duration::ZERO).await {
-        if let ConsoleEvent::State(s) = ev {
-            last = Some(s);
-        }
-    }
-    if let Some(s) = last {
-        return s;
-    }
-    c.wait_for(Duration::from_secs(2), |e| match e {
-        ConsoleEvent::State(s) => Some(s.clone()),
-        _ => None,
-    })
-    .await
-    .expect("robot state within 2 s")
 }
 
 /// Sends pose commands along `path(t)` (t from 0) at 200 Hz for `secs`, returning the newest

@@ -43,7 +43,6 @@ use telecho_teleop::net::client::TeleopClient;
 use telecho_teleop::spacemouse::{
     SpaceMouseAction, SpaceMouseClient, SpaceMouseConfig, SpnavEvent, Twist,
 };
-use telecho_teleop::wire::RobotState;
 
 /// One daemon at a time (an upstream build has one socket path for all).
 static ONE_DAEMON: Mutex<()> = Mutex::new(());
@@ -484,28 +483,6 @@ fn virtual_display() -> Option<(Reaped, String)> {
     Some((Reaped(child), format!(":{}", number.trim())))
 }
 
-/// The newest robot state the observer has (waits for one if none is buffered).
-fn newest_state(rt: &tokio::runtime::Runtime, c: &mut TeleopClient) -> RobotState {
-    rt.block_on(async {
-        let mut last = None;
-        while let Some(ev) = c.next_event(Duration::ZERO).await {
-            if let ConsoleEvent::State(s) = ev {
-                last = Some(s);
-            }
-        }
-        match last {
-            Some(s) => s,
-            None => c
-                .wait_for(Duration::from_secs(2), |e| match e {
-                    ConsoleEvent::State(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .await
-                .expect("a robot state within 2 s"),
-        }
-    })
-}
-
 /// Waits (at most `timeout`) until the observer hears that the lease holder is `holder(h)`.
 fn wait_holder(
     rt: &tokio::runtime::Runtime,
@@ -610,11 +587,11 @@ fn console_window_steers_the_probe_with_the_3d_mouse() {
     // Push the cap right for 2.5 s (300 counts of 350: 8.5 mm/s past the 5 % dead band), then
     // tilt its top left (−rz) for 2 s (8.5 °/s about the probe's +y).
     std::thread::sleep(Duration::from_millis(500));
-    let s0 = newest_state(&rt, &mut observer);
+    let s0 = rt.block_on(common::next_state(&mut observer));
     hold(&mut pty, [300, 0, 0], [0, 0, 0], 2.5);
     hold(&mut pty, [0, 0, 0], [0, 0, -300], 2.0);
     std::thread::sleep(Duration::from_millis(800));
-    let s1 = newest_state(&rt, &mut observer);
+    let s1 = rt.block_on(common::next_state(&mut observer));
 
     // Button 0 again releases the lease; SIGTERM ends the console (which prints its report)
     // and the patient side (which flushes its audit log).

@@ -129,3 +129,26 @@ pub(crate) async fn connect(
         .await
         .unwrap_or_else(|e| panic!("{name} connects: {e}"))
 }
+
+/// The newest robot state a console has: drains the buffered events, waits (at most 2 s) for
+/// one if none is buffered.
+pub(crate) async fn next_state(
+    c: &mut telecho_teleop::net::client::TeleopClient,
+) -> telecho_teleop::wire::RobotState {
+    use telecho_teleop::console::ConsoleEvent;
+    let mut last = None;
+    while let Some(ev) = c.next_event(Duration::ZERO).await {
+        if let ConsoleEvent::State(s) = ev {
+            last = Some(s);
+        }
+    }
+    if let Some(s) = last {
+        return s;
+    }
+    c.wait_for(Duration::from_secs(2), |e| match e {
+        ConsoleEvent::State(s) => Some(s.clone()),
+        _ => None,
+    })
+    .await
+    .expect("a robot state within 2 s")
+}
