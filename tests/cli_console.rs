@@ -11,15 +11,8 @@ use std::process::Child;
 
 use common::{require_peers, telecho};
 
-/// A Vulkan driver is installed (Mesa's ICD files).
-fn have_vulkan_driver() -> bool {
-    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-        .iter()
-        .any(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
-}
-
 fn skip_without_driver(test: &str) -> bool {
-    if have_vulkan_driver() {
+    if telecho_testkit::have_vulkan_driver() {
         return false;
     }
     assert!(

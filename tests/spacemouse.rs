@@ -440,10 +440,7 @@ impl Drop for Reaped {
 /// A virtual X display (`Xvfb`, the first free display number), or `None` when Xvfb or a
 /// Vulkan driver is missing.
 fn virtual_display() -> Option<(Reaped, String)> {
-    let vulkan = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-        .iter()
-        .any(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()));
-    if !vulkan {
+    if !telecho_testkit::have_vulkan_driver() {
         missing_peer(
             "a Vulkan driver (for the console window)",
             "apt-get install mesa-vulkan-drivers",

@@ -501,19 +501,6 @@ impl CnnConfig {
                 (0.0..=1.0).contains(&self.bone_threshold),
             ),
             (
-                "CNN landmark threshold (0–1)",
-                f64::from(
-                    *self
-                        .landmark_thresholds
-                        .iter()
-                        .find(|t| !(0.0..=1.0).contains(*t))
-                        .unwrap_or(&0.0),
-                ),
-                self.landmark_thresholds
-                    .iter()
-                    .all(|t| (0.0..=1.0).contains(t)),
-            ),
-            (
                 "CNN cross-class radius (m)",
                 self.cross_class_radius_m,
                 self.cross_class_radius_m.is_finite() && self.cross_class_radius_m >= 0.0,
@@ -529,6 +516,17 @@ impl CnnConfig {
                 self.nms_radius_px <= 32,
             ),
         ];
+        if let Some(&t) = self
+            .landmark_thresholds
+            .iter()
+            .find(|t| !(0.0..=1.0).contains(*t))
+        {
+            return Err(ErrorKind::BadParam {
+                what: "CNN landmark threshold (0–1)",
+                value: f64::from(t),
+            }
+            .into());
+        }
         for (what, value, ok) in checks {
             if !ok {
                 return Err(ErrorKind::BadParam { what, value }.into());

@@ -13,12 +13,6 @@ use telecho_teleop::view::{SceneModel, UsImage};
 const W: u32 = 640;
 const H: u32 = 360;
 
-fn have_vulkan_driver() -> bool {
-    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-        .iter()
-        .any(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
-}
-
 /// A scene with only a 38 × 70 mm ultrasound image under a probe looking straight down (base
 /// −z) at 0.5 m in front of the robot; `bright(row)` says which rows are white.
 fn scene(bright: impl Fn(usize) -> bool) -> SceneModel {
@@ -63,7 +57,7 @@ fn bright_in_3d(img: &RgbPixels) -> (usize, f64) {
 
 #[test]
 fn the_ultrasound_image_is_drawn_on_its_plane_right_way_up() {
-    if !have_vulkan_driver() {
+    if !telecho_testkit::have_vulkan_driver() {
         missing_peer("a Vulkan driver", "apt-get install mesa-vulkan-drivers");
         return;
     }

@@ -61,6 +61,14 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// True when a Vulkan driver is installed (an ICD file of Mesa's `mesa-vulkan-drivers` or a GPU
+/// vendor's): what the console's kiss3d view needs to render, in a window or off screen.
+pub fn have_vulkan_driver() -> bool {
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

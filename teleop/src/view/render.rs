@@ -496,14 +496,14 @@ thread_local! {
 /// second size (its surface is reused, see above).
 pub fn screenshot(model: &SceneModel, width: u32, height: u32) -> Result<RgbPixels, Error> {
     let work = async {
-        let mut slot = SURFACE.with(|s| s.borrow_mut().take());
-        if slot.is_none() {
-            let mut surface = OffscreenSurface::new(width, height).await;
-            surface.set_background_color(colour(0.07, 0.08, 0.11));
-            slot = Some(std::mem::ManuallyDrop::new(surface));
-        }
-        let Some(mut surface) = slot else {
-            unreachable!("set above")
+        let kept = SURFACE.with(|s| s.borrow_mut().take());
+        let mut surface = match kept {
+            Some(surface) => surface,
+            None => {
+                let mut surface = OffscreenSurface::new(width, height).await;
+                surface.set_background_color(colour(0.07, 0.08, 0.11));
+                std::mem::ManuallyDrop::new(surface)
+            }
         };
         let (w0, h0) = (surface.width(), surface.height());
         if (w0, h0) != (width, height) {
