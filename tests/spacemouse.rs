@@ -151,11 +151,47 @@ impl Pty {
 struct Daemon {
     child: Child,
     dir: PathBuf,
+    /// Its sockets before any client connected.
+    own_sockets: usize,
 }
 
 impl Daemon {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("spnavd.log")).unwrap_or_default()
+    }
+
+    /// The daemon's open sockets (its listening socket, hotplug netlink socket and clients).
+    fn sockets(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until the daemon has accepted `n` clients beyond its own sockets. `connect`
+    /// returns once the kernel queued the connection, but spacenavd accepts only when its
+    /// `select` wakes for the listening socket; device input read in a pass that began before
+    /// then goes to the clients accepted so far, so a first motion or button could reach no
+    /// one (seen once on a loaded CI machine).
+    fn wait_clients(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.sockets() < self.own_sockets + n {
+            assert!(
+                Instant::now() < deadline,
+                "spacenavd did not accept {n} client(s) in 5 s ({} sockets, {} its own); \
+                 its log:\n{}",
+                self.sockets(),
+                self.own_sockets,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits for the daemon's socket: `run/spnav.sock` in its directory (Debian's build), or
@@ -299,7 +335,11 @@ fn start_spaceball() -> Spaceball {
         .stderr(Stdio::null())
         .spawn()
         .expect("start spacenavd");
-    let mut daemon = Daemon { child, dir };
+    let mut daemon = Daemon {
+        child,
+        dir,
+        own_sockets: 0,
+    };
     pty.expect(b"@RESET\r", Duration::from_secs(5), &daemon);
     pty.master
         .write_all(b"\r@1 Spaceball alive and well after a reset.\r@2 Firmware version 2.42\r")
@@ -307,6 +347,16 @@ fn start_spaceball() -> Spaceball {
     pty.expect(b"MSSV\r", Duration::from_secs(5), &daemon);
     pty.keys(0); // the answer to its key-report request (`k`)
     let socket = daemon.socket(Duration::from_secs(5));
+    // Its own sockets, once the count has held for 50 ms (its X11 probe opens one briefly
+    // after the listening socket exists).
+    let (mut held, mut last) = (0, daemon.sockets());
+    while held < 5 {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = daemon.sockets();
+        held = if now == last { held + 1 } else { 0 };
+        last = now;
+    }
+    daemon.own_sockets = last;
     Spaceball {
         pty,
         daemon,
@@ -328,6 +378,7 @@ fn spacenavd_drives_the_probe_twist_and_console_actions() {
     } = start_spaceball();
     let cfg = SpaceMouseConfig::default();
     let mut client = SpaceMouseClient::connect(&socket, cfg).expect("connect to spacenavd");
+    daemon.wait_clients(1);
 
     // 1. A motion on all six axes: counts through unchanged (sensitivity 1, dead zone 2), and
     // our twist with the documented signs and magnitudes.
@@ -568,6 +619,7 @@ fn console_window_steers_the_probe_with_the_3d_mouse() {
             break;
         }
     }
+    daemon.wait_clients(1);
 
     // Button 0 takes the lease (the window's loop reads it once it runs).
     pty.keys(0b01);
