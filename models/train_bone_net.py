@@ -146,6 +146,46 @@ def export(model, path):
     return m
 
 
+def load_onnx_weights(model, path):
+    """Starts `model` from an exported BoneNet: its folded convolutions go into the convolutions
+    and each BatchNorm becomes the identity plus the folded bias (running mean 0, variance
+    1 - eps, scale 1). Fine-tuning then runs with BatchNorm frozen (`freeze_bn`), so the network
+    computes what the file does."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    loaded = 0
+    with torch.no_grad():
+        for n in m.graph.node:
+            if n.op_type not in ("Conv", "ConvTranspose"):
+                continue
+            name = n.name.split("/")[1]
+            w, b = (torch.from_numpy(init[x].copy()) for x in n.input[1:3])
+            mod = getattr(model, name)
+            if isinstance(mod, ConvBnRelu):
+                conv, bn = mod[0], mod[1]
+                conv.weight.copy_(w)
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(b)
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+            else:
+                mod.weight.copy_(w)
+                mod.bias.copy_(b)
+            loaded += 1
+    if loaded != 17:
+        sys.exit(f"{path}: {loaded} convolutions, a BoneNet export has 17")
+
+
+def freeze_bn(model):
+    """BatchNorm layers in eval mode (running statistics fixed); the rest trains."""
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.eval()
+
+
 # ----------------------------------------------------------------------------------------------
 # Data
 
@@ -435,6 +475,10 @@ def train(args):
     print(f"{len(train_idx)} training frames, {len(val_idx)} validation frames", flush=True)
 
     model = BoneNet(tuple(args.widths))
+    if args.init:
+        load_onnx_weights(model, args.init)
+        freeze_bn(model)
+        print(f"fine-tuning {args.init} (BatchNorm frozen)", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = len(train_idx) // args.batch
     budget_s = args.minutes * 60.0
@@ -482,6 +526,8 @@ def train(args):
         opt.step()
         losses.append((loss_b.item(), loss_l.item()))
         step += 1
+        if args.init:
+            freeze_bn(model)
         if step % 50 == 0:
             lb, lll = np.mean(losses[-50:], 0)
             print(f"step {step} bone {lb:.4f} landmarks {lll:.4f} "
@@ -559,6 +605,7 @@ def train(args):
             "minutes": round(elapsed / 60, 1),
             "torch": torch.__version__,
             "seed": args.seed,
+            "init": Path(args.init).name if args.init else None,
             "augmentation": "gain x U(0.8,1.2) + U(-25,25) grey levels; speckle x Gamma(8, 1/8) "
                             "and Gaussian noise sigma U(0,8) (p 0.7); lateral flip (p 0.5); "
                             "depth shift U{-12..12} rows",
@@ -661,6 +708,8 @@ def main():
     t.add_argument("--val-from-seed", type=int, default=1550,
                    help="frames of seeds >= this are held out for validation and threshold choice")
     t.add_argument("--checkpoint", help="also save the PyTorch state dict here")
+    t.add_argument("--init", help="start from this exported bone_net.onnx (fine-tuning, "
+                   "BatchNorm frozen) instead of random weights")
     t.add_argument("--no-git", action="store_true", help="do not run `git describe` for the sidecar")
     th = sub.add_parser("thresholds", help="choose per-class landmark thresholds of an exported "
                         "model on a dataset's validation seeds; rewrites its sidecar")

@@ -497,7 +497,9 @@ pub fn visible_landmarks(
 /// spinous tip whose process's posterior end face ([`Phantom::spinous_face_half_axes`]) the
 /// plane cuts, at the centre of the cut: a transverse slice 8 mm above or below the tip shows
 /// the same flat-topped apex as one through it, so no single frame can tell them apart (3D fusion
-/// does, from the sweep).
+/// does, from the sweep). Likewise every facet whose inferior articular process
+/// ([`Phantom::facet_column`]) the plane cuts, where it cuts the column through the landmark: a
+/// transverse slice along that process shows the same posterolateral corner.
 pub fn ignored_landmarks(
     frame: &UsFrame,
     phantom: &Phantom,
@@ -522,6 +524,16 @@ pub fn ignored_landmarks(
         } else if class == 0 {
             let tip = frame.pixel_to_ct(l.row, l.col) + n * d;
             let Some(p) = spinous_face_cut(phantom, l.index / PER_LEVEL, &tip, &n, d) else {
+                continue;
+            };
+            let q = t_probe_ct.transform_point(&p);
+            (
+                q.z / frame.axial_spacing_m,
+                (q.x + half) / frame.lateral_spacing_m,
+            )
+        } else if class == 2 {
+            let corner = frame.pixel_to_ct(l.row, l.col) + n * d;
+            let Some(p) = facet_column_cut(phantom, l.index / PER_LEVEL, &corner, &n, d) else {
                 continue;
             };
             let q = t_probe_ct.transform_point(&p);
@@ -582,6 +594,26 @@ fn spinous_face_cut(
         };
     }
     (u.abs() <= 1.0 && v.abs() <= 1.0).then(|| tip + a * u + b * v)
+}
+
+/// Where a plane with unit normal `n`, from which facet landmark `corner` (ct) lies `d` (m)
+/// along `n`, cuts the articular column of vertebra `level` through that corner
+/// ([`Phantom::facet_column`]); `None` when it misses it (or runs along it).
+fn facet_column_cut(
+    phantom: &Phantom,
+    level: usize,
+    corner: &Vector3<f64>,
+    n: &Vector3<f64>,
+    d: f64,
+) -> Option<Vector3<f64>> {
+    let (axis, below, above) = phantom.facet_column(level)?;
+    let along = n.dot(&axis);
+    if along.abs() < 1e-6 {
+        return None;
+    }
+    // corner + s axis on the plane: n·(s axis) = -d.
+    let s = -d / along;
+    (-below..=above).contains(&s).then(|| corner + axis * s)
 }
 
 /// Whether a landmark at column `c` and depth `depth` (m) is a feature of the imaged bone
@@ -685,8 +717,13 @@ mod tests {
 
     /// A transverse frame `dz` (m) above L3's spinous tip, straight down, face 2 mm into the skin.
     fn transverse_over_l3_tip(ph: &std::sync::Arc<Phantom>, dz: f64) -> UsFrame {
-        let tip = Vector3::from(ph.landmarks()[2 * PER_LEVEL].xyz);
-        let (x, z) = (tip.x, tip.z + dz);
+        transverse_over(ph, 2 * PER_LEVEL, dz)
+    }
+
+    /// A transverse frame centred over landmark `index`, `dz` (m) superior of it.
+    fn transverse_over(ph: &std::sync::Arc<Phantom>, index: usize, dz: f64) -> UsFrame {
+        let lm = Vector3::from(ph.landmarks()[index].xyz);
+        let (x, z) = (lm.x, lm.z + dz);
         // Beam along +y (anterior), array along +x, elevation along -z.
         let rotation = Matrix3::from_columns(&[Vector3::x(), -Vector3::z(), Vector3::y()]);
         let pose = SampledPose {
@@ -735,10 +772,9 @@ mod tests {
                 .fold(f64::INFINITY, |m, d| m.min(*d));
             let err = (apex - l.row * f.axial_spacing_m).abs();
             assert!(err < 1e-3, "dz {dz}: cut {:.1} mm from the apex", err * 1e3);
-            // The other classes keep the 7 mm slab.
-            assert!(ign
-                .iter()
-                .all(|l| l.class == 0 || l.distance_to_plane_m.abs() <= params.ignore_distance_m));
+            // Laminae and transverse processes keep the 7 mm slab.
+            assert!(ign.iter().all(|l| matches!(l.class, 0 | 2)
+                || l.distance_to_plane_m.abs() <= params.ignore_distance_m));
         }
         // 16 mm off: past the face, nothing to ignore.
         let f = transverse_over_l3_tip(&ph, 16e-3);
@@ -746,5 +782,56 @@ mod tests {
         assert!(!ignored_landmarks(&f, &ph, &vis, &params)
             .iter()
             .any(|l| l.index == tip_index));
+    }
+    #[test]
+    fn facet_sections_along_the_articular_process_are_ignored_at_the_cut() {
+        let ph = std::sync::Arc::new(Phantom::generate(4));
+        let params = LabelParams::default();
+        let (axis, below, above) = ph.facet_column(2).unwrap();
+        // The column runs superiorly (ct +z) 6.5 mm below and 14.5 mm above the joint centre,
+        // give or take the patient's scale.
+        assert!(axis.z > 0.95, "{axis:?}");
+        assert!((below - 6.5e-3).abs() < 1e-3 && (above - 14.5e-3).abs() < 1.5e-3);
+        let facet = 2 * PER_LEVEL + 3; // L3_facet_right
+        let lm = Vector3::from(ph.landmarks()[facet].xyz);
+        for dz in [10e-3, 12e-3] {
+            // Past the 7 mm slab, on the inferior articular process above the joint: ignored
+            // where the plane cuts the column through the landmark, which is on the imaged
+            // surface.
+            let f = transverse_over(&ph, facet, dz);
+            let vis = visible_landmarks(&f, &ph, &params);
+            assert!(!vis.iter().any(|l| l.index == facet));
+            let ign = ignored_landmarks(&f, &ph, &vis, &params);
+            let l = ign
+                .iter()
+                .find(|l| l.index == facet)
+                .unwrap_or_else(|| panic!("dz {dz}: {ign:?}"));
+            assert_eq!(l.class, 2);
+            assert!(l.distance_to_plane_m.abs() > params.ignore_distance_m);
+            let cut = f.pixel_to_ct(l.row, l.col);
+            let expected = lm + axis * (f.t_ct_probe.translation.z - lm.z) / axis.z;
+            assert!(
+                (cut - expected).norm() < 1e-3,
+                "dz {dz}: cut {:.1} mm from the column",
+                (cut - expected).norm() * 1e3
+            );
+            let c = l.col.round() as usize;
+            let near = f.bone_depth_m[c.saturating_sub(3)..=(c + 3).min(f.width - 1)]
+                .iter()
+                .flatten()
+                .any(|d| (d - l.row * f.axial_spacing_m).abs() <= 2e-3);
+            assert!(near, "dz {dz}: the cut is not on the imaged surface");
+        }
+        // Below the process (past the slab) and far above it: nothing to ignore.
+        for dz in [-9e-3, 20e-3] {
+            let f = transverse_over(&ph, facet, dz);
+            let vis = visible_landmarks(&f, &ph, &params);
+            assert!(
+                !ignored_landmarks(&f, &ph, &vis, &params)
+                    .iter()
+                    .any(|l| l.index == facet),
+                "dz {dz}"
+            );
+        }
     }
 }

@@ -688,6 +688,20 @@ impl Phantom {
         ])
     }
 
+    /// The stretch (ct, metres) of vertebra `level`'s inferior articular processes along which
+    /// each facet landmark's posterolateral corner runs unchanged: the unit axis (the vertebra's
+    /// superior direction) and the extent below and above the landmark. The process reaches
+    /// half the facet height below the joint centre and that plus 8 mm above it (see
+    /// [`Self::landmarks`]'s construction), so a transverse slice anywhere along it shows the
+    /// same corner, and the dataset ignores detections there
+    /// ([`crate::dataset::ignored_landmarks`]). `None` for a level past L5.
+    pub fn facet_column(&self, level: usize) -> Option<(Vector3<f64>, f64, f64)> {
+        let v = self.vertebrae.get(level)?;
+        let k = self.scale * MM;
+        let half_h = 0.5 * FACET_HEIGHT * k;
+        Some((v.t_ct_v.rotation * Vector3::z(), half_h, half_h + 8.0 * k))
+    }
+
     /// y of the skin surface above `(x, z)` (ct, metres): a quadratic back line along z, a
     /// shallow Gaussian midline groove and a gentle anterior fall-off laterally.
     pub fn skin_y(&self, x: f64, z: f64) -> f64 {
