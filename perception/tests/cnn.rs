@@ -33,17 +33,12 @@ struct Labelled {
     ignore: Vec<TrueLandmark>,
 }
 
-fn held_out_frames(seeds: std::ops::RangeInclusive<u64>) -> Vec<Labelled> {
+fn held_out_frames(seeds: std::ops::RangeInclusive<u64>, per_seed: usize) -> Vec<Labelled> {
     let mut out = Vec::new();
     for seed in seeds {
         let phantom = Arc::new(Phantom::generate(seed));
-        let poses = poses_for_seed(
-            &phantom,
-            seed,
-            FRAMES_PER_SEED,
-            &PoseSamplerParams::default(),
-        )
-        .unwrap();
+        let poses =
+            poses_for_seed(&phantom, seed, per_seed, &PoseSamplerParams::default()).unwrap();
         for pose in &poses {
             let frame = render_pose(&phantom, seed, pose).unwrap();
             let visible = visible_landmarks(&frame, &phantom, &LabelParams::default());
@@ -115,7 +110,7 @@ fn median_mm(m: &LandmarkMatches) -> f64 {
 /// The CNN and the classical detector on the held-out frames: (CNN matches, CNN Dice, classical
 /// matches, classical Dice), printed.
 fn held_out_scores() -> (LandmarkMatches, f64, LandmarkMatches, f64) {
-    let frames = held_out_frames(SEEDS);
+    let frames = held_out_frames(SEEDS, FRAMES_PER_SEED);
     let n_true: usize = frames.iter().map(|l| l.truth.len()).sum();
     assert!(
         n_true >= 40,
@@ -153,28 +148,32 @@ fn bundled_model_finds_bone_and_landmarks_on_held_out_patients() {
         dice > dice_c,
         "CNN bone Dice {dice:.3} vs classical {dice_c:.3}"
     );
-    // What the bundled model measures here with its per-class thresholds (F1 0.79: P 0.83,
-    // R 0.75), kept as a floor; issue 5's F1 ≥ 0.9 is not met yet (`issue_5_landmark_f1_target`,
-    // ignored).
-    assert!(f1 >= 0.75, "CNN landmark F1 {f1:.3} (P {p:.3}, R {r:.3})");
-    assert!(p >= 0.75 && r >= 0.7, "CNN landmark P {p:.3}, R {r:.3}");
+    // What the bundled model measures on these 44 landmarks with its per-class thresholds (F1
+    // 0.93: P 0.95, R 0.91), kept as a floor. Issue 5's F1 ≥ 0.9 is judged on the benchmark's
+    // larger set, where it is not met yet (`issue_5_landmark_f1_target`, ignored).
+    assert!(f1 >= 0.88, "CNN landmark F1 {f1:.3} (P {p:.3}, R {r:.3})");
+    assert!(p >= 0.9 && r >= 0.85, "CNN landmark P {p:.3}, R {r:.3}");
     // The learned detector beats the classical baseline on landmarks by a wide margin.
     assert!(f1 > f1c + 0.25, "CNN F1 {f1:.3} vs classical {f1c:.3}");
 }
 
-/// Issue 5's landmark target. The bundled model misses it (F1 0.79 on these frames: it finds
-/// no facet, see models/README.md): run with `--ignored` to check a new model.
+/// Issue 5's landmark target, on the frames of the benchmark (`telecho perception eval --seeds
+/// 1..50 --frames-per-seed 20`: 1000 frames, 146 landmarks). The bundled model misses it (F1
+/// 0.881: facets 0.71, transverse processes 0.83, see models/README.md): run with `--ignored` to
+/// check a new model.
 #[test]
-#[ignore = "issue 5's landmark F1 ≥ 0.9 is not met by the bundled model (0.79)"]
+#[ignore = "issue 5's landmark F1 ≥ 0.9 is not met by the bundled model (0.881)"]
 fn issue_5_landmark_f1_target() {
-    let (m, _, _, _) = held_out_scores();
+    let frames = held_out_frames(1..=50, 20);
+    let (m, _) = score(&mut tract(), &frames);
     let (p, r, f1) = m.precision_recall_f1();
+    println!("seeds 1–50 × 20 frames: CNN P {p:.3} R {r:.3} F1 {f1:.3}");
     assert!(f1 >= 0.9, "CNN landmark F1 {f1:.3} (P {p:.3}, R {r:.3})");
 }
 
 #[test]
 fn maps_are_probabilities_and_repeat_exactly() {
-    let frames = held_out_frames(1..=1);
+    let frames = held_out_frames(1..=1, FRAMES_PER_SEED);
     let f = &frames[0].frame;
     let mut cnn = tract();
     cnn.infer(&f.pixels, f.width, f.height).unwrap();
@@ -357,7 +356,7 @@ fn landmark_thresholds_come_per_class_or_one_for_all() {
 
 #[test]
 fn a_class_threshold_of_one_silences_that_class_only() {
-    let frames = held_out_frames(1..=4);
+    let frames = held_out_frames(1..=4, FRAMES_PER_SEED);
     let mut cnn = tract();
     let bone = cnn.config().bone_threshold;
     let radius = cnn.config().cross_class_radius_m;
@@ -441,7 +440,7 @@ fn child_onnxruntime_maps() {
     let version = init_backend(&backend).unwrap();
     assert!(version.starts_with("ONNX Runtime"), "{version}");
     let mut cnn = CnnDetector::bundled(&backend).unwrap();
-    let maps = write_maps(&mut cnn, &held_out_frames(1..=2));
+    let maps = write_maps(&mut cnn, &held_out_frames(1..=2, FRAMES_PER_SEED));
     let bytes: Vec<u8> = maps.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(out, bytes).unwrap();
 }
@@ -478,7 +477,7 @@ fn onnxruntime_gives_the_same_maps() {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     std::fs::remove_file(&out).ok();
-    let tract = write_maps(&mut tract(), &held_out_frames(1..=2));
+    let tract = write_maps(&mut tract(), &held_out_frames(1..=2, FRAMES_PER_SEED));
     assert_eq!(ort.len(), tract.len());
     let max = ort
         .iter()
