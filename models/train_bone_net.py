@@ -526,8 +526,6 @@ def train(args):
         opt.step()
         losses.append((loss_b.item(), loss_l.item()))
         step += 1
-        if args.init:
-            freeze_bn(model)
         if step % 50 == 0:
             lb, lll = np.mean(losses[-50:], 0)
             print(f"step {step} bone {lb:.4f} landmarks {lll:.4f} "

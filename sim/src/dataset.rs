@@ -521,28 +521,24 @@ pub fn ignored_landmarks(
         let d = l.distance_to_plane_m;
         let (row, col) = if d.abs() <= params.ignore_distance_m {
             (l.row, l.col)
-        } else if class == 0 {
-            let tip = frame.pixel_to_ct(l.row, l.col) + n * d;
-            let Some(p) = spinous_face_cut(phantom, l.index / PER_LEVEL, &tip, &n, d) else {
-                continue;
-            };
-            let q = t_probe_ct.transform_point(&p);
-            (
-                q.z / frame.axial_spacing_m,
-                (q.x + half) / frame.lateral_spacing_m,
-            )
-        } else if class == 2 {
-            let corner = frame.pixel_to_ct(l.row, l.col) + n * d;
-            let Some(p) = facet_column_cut(phantom, l.index / PER_LEVEL, &corner, &n, d) else {
-                continue;
-            };
-            let q = t_probe_ct.transform_point(&p);
-            (
-                q.z / frame.axial_spacing_m,
-                (q.x + half) / frame.lateral_spacing_m,
-            )
         } else {
-            continue;
+            // Past the slab: spinous tips and facets are ignored where the plane still cuts the
+            // structure that looks the same as the landmark, at the cut.
+            let lm = frame.pixel_to_ct(l.row, l.col) + n * d;
+            let level = l.index / PER_LEVEL;
+            let cut = match class {
+                0 => spinous_face_cut(phantom, level, &lm, &n, d),
+                2 => facet_column_cut(phantom, level, &lm, &n, d),
+                _ => None,
+            };
+            let Some(p) = cut else {
+                continue;
+            };
+            let q = t_probe_ct.transform_point(&p);
+            (
+                q.z / frame.axial_spacing_m,
+                (q.x + half) / frame.lateral_spacing_m,
+            )
         };
         let inside = (0.0..=(frame.height - 1) as f64).contains(&row)
             && (-0.5..=frame.width as f64 - 0.5).contains(&col);
