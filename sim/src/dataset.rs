@@ -477,7 +477,7 @@ pub fn visible_landmarks(
             .iter()
             .flatten()
             .any(|d| (d - depth).abs() <= params.surface_tolerance_m);
-        if !on_surface || !is_surface_feature(frame, c0, depth, params) {
+        if !on_surface || !is_surface_feature(frame, phantom, c0, depth, params) {
             continue;
         }
         out.push(LabelledLandmark {
@@ -499,7 +499,10 @@ pub fn visible_landmarks(
 /// the same flat-topped apex as one through it, so no single frame can tell them apart (3D fusion
 /// does, from the sweep). Likewise every facet whose inferior articular process
 /// ([`Phantom::facet_column`]) the plane cuts, where it cuts the column through the landmark: a
-/// transverse slice along that process shows the same posterolateral corner.
+/// transverse slice along that process shows the same posterolateral corner. And every
+/// transverse-process tip whose process ([`Phantom::transverse_process_axis`]) the plane cuts
+/// across, at the top and the two flanks of the section: a paramedian sagittal slice anywhere
+/// along the process shows the same round bump, its imaged surface ending on either side.
 pub fn ignored_landmarks(
     frame: &UsFrame,
     phantom: &Phantom,
@@ -519,40 +522,86 @@ pub fn ignored_landmarks(
             continue;
         }
         let d = l.distance_to_plane_m;
-        let (row, col) = if d.abs() <= params.ignore_distance_m {
-            (l.row, l.col)
-        } else {
-            // Past the slab: spinous tips and facets are ignored where the plane still cuts the
-            // structure that looks the same as the landmark, at the cut.
-            let lm = frame.pixel_to_ct(l.row, l.col) + n * d;
-            let level = l.index / PER_LEVEL;
-            let cut = match class {
-                0 => spinous_face_cut(phantom, level, &lm, &n, d),
-                2 => facet_column_cut(phantom, level, &lm, &n, d),
-                _ => None,
-            };
-            let Some(p) = cut else {
-                continue;
-            };
+        let mut at = Vec::new();
+        if d.abs() <= params.ignore_distance_m {
+            at.push((l.row, l.col));
+        }
+        // Spinous tips, facets and transverse processes are also ignored where the plane cuts
+        // the structure that looks the same as the landmark, at the cut (past the slab for the
+        // first two; the section's outline for the third, whose tip the slab covers only at its
+        // centre).
+        let lm = frame.pixel_to_ct(l.row, l.col) + n * d;
+        let level = l.index / PER_LEVEL;
+        let cuts = match class {
+            0 if at.is_empty() => spinous_face_cut(phantom, level, &lm, &n, d)
+                .into_iter()
+                .collect(),
+            2 if at.is_empty() => facet_column_cut(phantom, level, &lm, &n, d)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for p in cuts {
             let q = t_probe_ct.transform_point(&p);
-            (
+            at.push((
                 q.z / frame.axial_spacing_m,
                 (q.x + half) / frame.lateral_spacing_m,
-            )
-        };
+            ));
+        }
+        push_inside(&mut out, frame, l.index, class, d, at);
+    }
+    // Transverse processes from the phantom, not the frame's list: a section may be in the image
+    // while the tip's projection is not.
+    let beam: Vector3<f64> = t.rotation.column(2).into();
+    let mut all = None;
+    for level in 0..N_LEVELS {
+        for side in 0..2 {
+            let index = level * PER_LEVEL + 5 + side;
+            if visible.iter().any(|v| v.index == index) {
+                continue;
+            }
+            let cuts =
+                transverse_process_section(phantom, level, side, &t.translation, &n, &beam);
+            if cuts.is_empty() {
+                continue;
+            }
+            let lms = all.get_or_insert_with(|| phantom.landmarks());
+            let d = t_probe_ct.transform_point(&Vector3::from(lms[index].xyz)).y;
+            let at = cuts.iter().map(|p| {
+                let q = t_probe_ct.transform_point(p);
+                (
+                    q.z / frame.axial_spacing_m,
+                    (q.x + half) / frame.lateral_spacing_m,
+                )
+            });
+            push_inside(&mut out, frame, index, 3, d, at.collect());
+        }
+    }
+    out
+}
+
+/// Appends an ignored entry of landmark `index` at each (row, col) of `at` inside the frame.
+fn push_inside(
+    out: &mut Vec<LabelledLandmark>,
+    frame: &UsFrame,
+    index: usize,
+    class: usize,
+    distance_to_plane_m: f64,
+    at: Vec<(f64, f64)>,
+) {
+    for (row, col) in at {
         let inside = (0.0..=(frame.height - 1) as f64).contains(&row)
             && (-0.5..=frame.width as f64 - 0.5).contains(&col);
         if inside {
             out.push(LabelledLandmark {
-                index: l.index,
+                index,
                 class,
                 row,
                 col,
-                distance_to_plane_m: d,
+                distance_to_plane_m,
             });
         }
     }
-    out
 }
 
 /// The point (ct) of vertebra `level`'s spinous end face, centred on `tip`, nearest the tip on a
@@ -612,25 +661,110 @@ fn facet_column_cut(
     (-below..=above).contains(&s).then(|| corner + axis * s)
 }
 
+/// Where a plane through `p0` (ct) with unit normal `n` cuts the transverse process of vertebra
+/// `level` on `side` ([`Phantom::transverse_process_axis`], a capsule): three points of the
+/// section's outline as a beam along `beam` images it, its top (facing the probe) and its two
+/// flanks level with the axis, where the imaged surface ends; nothing when the plane misses the
+/// process (or runs along its axis).
+fn transverse_process_section(
+    phantom: &Phantom,
+    level: usize,
+    side: usize,
+    p0: &Vector3<f64>,
+    n: &Vector3<f64>,
+    beam: &Vector3<f64>,
+) -> Vec<Vector3<f64>> {
+    let Some((root, end, r)) = phantom.transverse_process_axis(level, side) else {
+        return Vec::new();
+    };
+    let axis = end - root;
+    let along = n.dot(&axis);
+    if along.abs() < 1e-9 {
+        return Vec::new();
+    }
+    let s = n.dot(&(p0 - root)) / along;
+    // Across the shaft, a section of radius r; past the lateral end, a section of the end cap.
+    let (centre, radius) = if (0.0..=1.0).contains(&s) {
+        (root + axis * s, r)
+    } else if s > 1.0 {
+        let h = n.dot(&(end - p0));
+        if h.abs() >= r {
+            return Vec::new();
+        }
+        (end - n * h, (r * r - h * h).sqrt())
+    } else {
+        return Vec::new();
+    };
+    let u = axis.normalize();
+    let up = beam - u * beam.dot(&u);
+    let norm = up.norm();
+    if norm < 1e-9 {
+        return Vec::new();
+    }
+    let up = up / norm;
+    let across = u.cross(&up);
+    vec![
+        centre - up * radius,
+        centre + across * radius,
+        centre - across * radius,
+    ]
+}
+
+/// How far past the image's deep edge [`is_surface_feature`] follows a scanline that met no bone
+/// in the image (m): bone within it means the surface leaves the field there, it does not end.
+const PAST_IMAGE_M: f64 = 10e-3;
+
 /// Whether a landmark at column `c` and depth `depth` (m) is a feature of the imaged bone
 /// surface: an end of it (a scanline within the window meets no bone) or an apex (no surface point
 /// within the window more than 1 mm shallower, and the surface rising by
-/// [`LabelParams::apex_rise_m`] or ending on both sides within twice the window).
-fn is_surface_feature(frame: &UsFrame, c: usize, depth: f64, params: &LabelParams) -> bool {
+/// [`LabelParams::apex_rise_m`] or ending on both sides within twice the window). A scanline that
+/// meets no bone in the image but does within [`PAST_IMAGE_M`] past its deep edge is no end: the
+/// surface only leaves the field of view there, and counts as at least as deep as that edge.
+fn is_surface_feature(
+    frame: &UsFrame,
+    phantom: &Phantom,
+    c: usize,
+    depth: f64,
+    params: &LabelParams,
+) -> bool {
     let w = frame.width;
     let win = (params.feature_window_m / frame.lateral_spacing_m).round() as usize;
-    let d = &frame.bone_depth_m;
+    let bottom = (frame.height.max(1) - 1) as f64 * frame.axial_spacing_m;
+    let beam: Vector3<f64> = frame.t_ct_probe.rotation.column(2).into();
+    // Per column: the imaged surface depth, the image's deep edge where the surface leaves the
+    // field, or `None` where it ends.
+    let surface = |k: usize| -> Option<f64> {
+        frame.bone_depth_m[k].or_else(|| {
+            let edge = frame.pixel_to_ct((frame.height.max(1) - 1) as f64, k as f64);
+            bone_along(phantom, &edge, &beam, PAST_IMAGE_M).then_some(bottom)
+        })
+    };
     let (lo, hi) = (c.saturating_sub(win), (c + win).min(w - 1));
-    if d[lo..=hi].iter().any(Option::is_none) {
+    let near: Vec<Option<f64>> = (lo..=hi).map(surface).collect();
+    if near.iter().any(Option::is_none) {
         return true;
     }
-    if d[lo..=hi].iter().flatten().any(|&x| x < depth - 1e-3) {
+    if near.iter().flatten().any(|&x| x < depth - 1e-3) {
         return false;
     }
     // At the image border the surface may go on: no rise seen means no apex.
-    let rises = |k: &usize| d[*k].is_none_or(|x| x - depth >= params.apex_rise_m);
+    let rises = |k: usize| surface(k).is_none_or(|x| x - depth >= params.apex_rise_m);
     let (lo2, hi2) = (c.saturating_sub(2 * win), (c + 2 * win).min(w - 1));
-    (lo2..c).any(|k| rises(&k)) && (c + 1..=hi2).any(|k| rises(&k))
+    (lo2..c).any(rises) && (c + 1..=hi2).any(rises)
+}
+
+/// Whether a ray from `from` (ct) along unit `dir` meets bone within `length` (m), by sphere
+/// tracing the phantom's distance field.
+fn bone_along(phantom: &Phantom, from: &Vector3<f64>, dir: &Vector3<f64>, length: f64) -> bool {
+    let mut s = 0.0;
+    while s <= length {
+        let d = phantom.bone_sdf(&(from + dir * s));
+        if d <= 0.0 {
+            return true;
+        }
+        s += d.max(1e-4);
+    }
+    false
 }
 
 #[cfg(test)]
@@ -779,6 +913,108 @@ mod tests {
             .iter()
             .any(|l| l.index == tip_index));
     }
+    #[test]
+    fn a_surface_leaving_the_image_at_its_deep_edge_does_not_end_there() {
+        let ph = std::sync::Arc::new(Phantom::generate(4));
+        let params = LabelParams::default();
+        let mut f = transverse_over_l3_tip(&ph, 0.0);
+        let win = (params.feature_window_m / f.lateral_spacing_m).round() as usize;
+        let bottom = (f.height - 1) as f64 * f.axial_spacing_m;
+        let beam: Vector3<f64> = f.t_ct_probe.rotation.column(2).into();
+        let past = |f: &UsFrame, k: usize| {
+            let edge = f.pixel_to_ct((f.height - 1) as f64, k as f64);
+            bone_along(&ph, &edge, &beam, PAST_IMAGE_M)
+        };
+        // Midline: the vertebral body lies within 10 mm past the 70 mm deep edge. Take away the
+        // imaged surface around a column there: a landmark just above the edge is then neither an
+        // end of the surface (it goes on below the image) nor an apex (no rise of 1 mm seen).
+        let c = (2 * win..f.width - 2 * win)
+            .find(|&c| (c - 2 * win..=c + 2 * win).all(|k| past(&f, k)))
+            .expect("bone past the deep edge somewhere under the midline");
+        for k in c - 2 * win..=c + 2 * win {
+            f.bone_depth_m[k] = None;
+        }
+        assert!(!is_surface_feature(&f, &ph, c, bottom - 0.5e-3, &params));
+        // 80 mm to the side nothing lies past the edge: the same empty columns end the surface.
+        f.t_ct_probe.translation.x += 0.08;
+        assert!((c - win..=c + win).all(|k| !past(&f, k)));
+        assert!(is_surface_feature(&f, &ph, c, bottom - 0.5e-3, &params));
+    }
+
+    /// A sagittal frame at ct `x`, centred on the height of landmark `index`.
+    fn sagittal_at(ph: &std::sync::Arc<Phantom>, index: usize, x: f64) -> UsFrame {
+        let z = ph.landmarks()[index].xyz[2];
+        // Beam along +y (anterior), array along +z, elevation along +x.
+        let rotation = Matrix3::from_columns(&[Vector3::z(), Vector3::x(), Vector3::y()]);
+        let pose = SampledPose {
+            t_ct_probe: Transform::new(rotation, Vector3::new(x, ph.skin_y(x, z) + 2e-3, z)),
+            plane: ScanPlane::Sagittal,
+            level: 2,
+            indentation_m: 2e-3,
+            tilt_deg: 0.0,
+            gain_db: 0.0,
+        };
+        render_pose(ph, 4, &pose).unwrap()
+    }
+
+    #[test]
+    fn transverse_process_sections_are_ignored_at_the_bump() {
+        let ph = std::sync::Arc::new(Phantom::generate(4));
+        let params = LabelParams::default();
+        let tp = 2 * PER_LEVEL + 5; // L3_transverse_right
+        let tip = Vector3::from(ph.landmarks()[tp].xyz);
+        let (root, end, r) = ph.transverse_process_axis(2, 0).unwrap();
+        // The process points laterally (+x on the right), 4.5 mm in radius give or take the
+        // patient's scale, and its landmark is the lateral pole of the end cap.
+        assert!(end.x - root.x > 15e-3, "{root:?} {end:?}");
+        assert!((r - 4.5e-3).abs() < 0.5e-3);
+        assert!((tip - (end + Vector3::x() * r)).norm() < 1e-3);
+        assert!(ph.transverse_process_axis(2, 2).is_none());
+        for dx in [3e-3, 10e-3, 15e-3] {
+            // Across the process (past the 7 mm slab or within it): ignored at the top and the
+            // flanks of the section, the top on the imaged surface.
+            let f = sagittal_at(&ph, tp, tip.x - dx);
+            let vis = visible_landmarks(&f, &ph, &params);
+            assert!(!vis.iter().any(|l| l.index == tp));
+            let ign: Vec<_> = ignored_landmarks(&f, &ph, &vis, &params)
+                .into_iter()
+                .filter(|l| l.index == tp)
+                .collect();
+            // Within the slab the tip's projection is ignored as well.
+            let slab = usize::from(dx <= params.ignore_distance_m);
+            assert_eq!(ign.len(), 3 + slab, "dx {dx}: {ign:?}");
+            let u = (end - root).normalize();
+            let (mut top, mut flanks) = (0, 0);
+            for l in &ign[slab..] {
+                assert_eq!(l.class, 3);
+                let p = f.pixel_to_ct(l.row, l.col);
+                // On the process's surface: one radius from its axis segment.
+                let k = ((p - root).dot(&u)).clamp(0.0, (end - root).norm());
+                let radial = p - (root + u * k);
+                assert!((radial.norm() - r).abs() < 0.5e-3, "dx {dx}: {radial:?}");
+                let rho = radial.norm();
+                if radial.y < -0.9 * rho {
+                    top += 1;
+                    let c = l.col.round() as usize;
+                    let near = f.bone_depth_m[c.saturating_sub(3)..=(c + 3).min(f.width - 1)]
+                        .iter()
+                        .flatten()
+                        .any(|d| (d - l.row * f.axial_spacing_m).abs() <= 2e-3);
+                    assert!(near, "dx {dx}: the top is not on the imaged surface");
+                } else if radial.y.abs() < 0.2 * rho {
+                    flanks += 1;
+                }
+            }
+            assert_eq!((top, flanks), (1, 2), "dx {dx}");
+        }
+        // Medial of the root: the plane misses the process.
+        let f = sagittal_at(&ph, tp, root.x - 3e-3);
+        let vis = visible_landmarks(&f, &ph, &params);
+        assert!(!ignored_landmarks(&f, &ph, &vis, &params)
+            .iter()
+            .any(|l| l.index == tp));
+    }
+
     #[test]
     fn facet_sections_along_the_articular_process_are_ignored_at_the_cut() {
         let ph = std::sync::Arc::new(Phantom::generate(4));

@@ -702,6 +702,27 @@ impl Phantom {
         Some((v.t_ct_v.rotation * Vector3::z(), half_h, half_h + 8.0 * k))
     }
 
+    /// Vertebra `level`'s transverse process on `side` (0 right, 1 left, the landmark order):
+    /// the ends of its axis (ct, metres; from the root at the pedicle to the centre of the lateral
+    /// end cap, whose lateral pole is the `transverse_*` landmark) and its radius. A plane across
+    /// the process anywhere along it (a paramedian sagittal slice) shows the same round bump,
+    /// which is why the dataset ignores detections there ([`crate::dataset::ignored_landmarks`]).
+    /// `None` for a level past L5 or a side other than 0 or 1.
+    pub fn transverse_process_axis(
+        &self,
+        level: usize,
+        side: usize,
+    ) -> Option<(Vector3<f64>, Vector3<f64>, f64)> {
+        let v = self.vertebrae.get(level)?;
+        let sign = match side {
+            0 => 1.0,
+            1 => -1.0,
+            _ => return None,
+        };
+        let (a, e, r) = transverse_capsule(&Dims::new(level, self.scale), self.scale, sign);
+        Some((v.t_ct_v.transform_point(&a), v.t_ct_v.transform_point(&e), r))
+    }
+
     /// y of the skin surface above `(x, z)` (ct, metres): a quadratic back line along z, a
     /// shallow Gaussian midline groove and a gentle anterior fall-off laterally.
     pub fn skin_y(&self, x: f64, z: f64) -> f64 {
@@ -900,6 +921,19 @@ type LandmarkRays = ([Vector3<f64>; 8], [Ray; 8]);
 type Ray = Option<(Vector3<f64>, Vector3<f64>)>;
 
 /// Builds the solids and nominal landmarks (vertebra-local) of one vertebra.
+/// Vertebra-local axis ends (root at the pedicle, centre of the lateral end cap) and radius of
+/// the transverse process on `side` (+1 right, −1 left): a capsule pointing laterally and
+/// slightly posteriorly.
+fn transverse_capsule(d: &Dims, s: f64, side: f64) -> (Vector3<f64>, Vector3<f64>, f64) {
+    let k = s * MM;
+    let r = TRANSVERSE_RADIUS * k;
+    let ty = -d.b - 0.6 * d.cd;
+    let zp = d.z_pedicle();
+    let a = Vector3::new(side * (d.ch + 0.5 * d.pw), ty, zp);
+    let e = Vector3::new(side * (d.tp_tip - r), ty - 6.0 * k, zp);
+    (a, e, r)
+}
+
 fn vertebra_solids(
     d: &Dims,
     s: f64,
@@ -973,10 +1007,7 @@ fn vertebra_solids(
             1.5 * k,
         ));
         // Transverse process: capsule pointing laterally and slightly posteriorly.
-        let r = TRANSVERSE_RADIUS * k;
-        let ty = -d.b - 0.6 * d.cd;
-        let a = Vector3::new(side * (d.ch + 0.5 * d.pw), ty, zp);
-        let e = Vector3::new(side * (d.tp_tip - r), ty - 6.0 * k, zp);
+        let (a, e, r) = transverse_capsule(d, s, side);
         solids.push(Solid::capsule(a, e, r));
         lm[5 + i] = e + Vector3::new(side * r, 0.0, 0.0);
         rays[5 + i] = Some((
