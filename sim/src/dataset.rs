@@ -513,6 +513,13 @@ pub fn ignored_landmarks(
     let n: Vector3<f64> = t.rotation.column(1).into();
     let t_probe_ct = t.inverse();
     let half = 0.5 * (frame.width.max(1) - 1) as f64 * frame.lateral_spacing_m;
+    let to_pixel = |p: &Vector3<f64>| {
+        let q = t_probe_ct.transform_point(p);
+        (
+            q.z / frame.axial_spacing_m,
+            (q.x + half) / frame.lateral_spacing_m,
+        )
+    };
     let mut out = Vec::new();
     for l in &frame.landmarks {
         let Some(class) = landmark_class(l.index) else {
@@ -526,32 +533,22 @@ pub fn ignored_landmarks(
         if d.abs() <= params.ignore_distance_m {
             at.push((l.row, l.col));
         }
-        // Spinous tips, facets and transverse processes are also ignored where the plane cuts
-        // the structure that looks the same as the landmark, at the cut (past the slab for the
-        // first two; the section's outline for the third, whose tip the slab covers only at its
-        // centre).
+        // Past the slab: spinous tips and facets are ignored where the plane still cuts the
+        // structure that looks the same as the landmark, at the cut.
         let lm = frame.pixel_to_ct(l.row, l.col) + n * d;
         let level = l.index / PER_LEVEL;
-        let cuts = match class {
-            0 if at.is_empty() => spinous_face_cut(phantom, level, &lm, &n, d)
-                .into_iter()
-                .collect(),
-            2 if at.is_empty() => facet_column_cut(phantom, level, &lm, &n, d)
-                .into_iter()
-                .collect(),
-            _ => Vec::new(),
+        let cut = match class {
+            0 if at.is_empty() => spinous_face_cut(phantom, level, &lm, &n, d),
+            2 if at.is_empty() => facet_column_cut(phantom, level, &lm, &n, d),
+            _ => None,
         };
-        for p in cuts {
-            let q = t_probe_ct.transform_point(&p);
-            at.push((
-                q.z / frame.axial_spacing_m,
-                (q.x + half) / frame.lateral_spacing_m,
-            ));
-        }
+        at.extend(cut.as_ref().map(to_pixel));
         push_inside(&mut out, frame, l.index, class, d, at);
     }
-    // Transverse processes from the phantom, not the frame's list: a section may be in the image
-    // while the tip's projection is not.
+    // Transverse processes wherever the plane cuts across one, on the outline of the section
+    // (also within the slab, where the tip's projection alone would miss the flanks). From the
+    // phantom, not the frame's list: a section may be in the image while the tip's projection
+    // is not.
     let beam: Vector3<f64> = t.rotation.column(2).into();
     let mut all = None;
     for level in 0..N_LEVELS {
@@ -560,21 +557,20 @@ pub fn ignored_landmarks(
             if visible.iter().any(|v| v.index == index) {
                 continue;
             }
-            let cuts =
-                transverse_process_section(phantom, level, side, &t.translation, &n, &beam);
+            let cuts = transverse_process_section(phantom, level, side, &t.translation, &n, &beam);
             if cuts.is_empty() {
                 continue;
             }
             let lms = all.get_or_insert_with(|| phantom.landmarks());
             let d = t_probe_ct.transform_point(&Vector3::from(lms[index].xyz)).y;
-            let at = cuts.iter().map(|p| {
-                let q = t_probe_ct.transform_point(p);
-                (
-                    q.z / frame.axial_spacing_m,
-                    (q.x + half) / frame.lateral_spacing_m,
-                )
-            });
-            push_inside(&mut out, frame, index, 3, d, at.collect());
+            push_inside(
+                &mut out,
+                frame,
+                index,
+                3,
+                d,
+                cuts.iter().map(to_pixel).collect(),
+            );
         }
     }
     out

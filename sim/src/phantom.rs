@@ -720,7 +720,11 @@ impl Phantom {
             _ => return None,
         };
         let (a, e, r) = transverse_capsule(&Dims::new(level, self.scale), self.scale, sign);
-        Some((v.t_ct_v.transform_point(&a), v.t_ct_v.transform_point(&e), r))
+        Some((
+            v.t_ct_v.transform_point(&a),
+            v.t_ct_v.transform_point(&e),
+            r,
+        ))
     }
 
     /// y of the skin surface above `(x, z)` (ct, metres): a quadratic back line along z, a
