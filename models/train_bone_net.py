@@ -707,7 +707,7 @@ def main():
     t.add_argument("--crop", type=int, default=192, help="square training crops (multiple of 32)")
     t.add_argument("--crop-share", type=float, default=0.5,
                    help="share of the steps trained on crops; the rest on whole frames")
-    t.add_argument("--val-from-seed", type=int, default=1550,
+    t.add_argument("--val-from-seed", type=int, default=3800,
                    help="frames of seeds >= this are held out for validation and threshold choice")
     t.add_argument("--checkpoint", help="also save the PyTorch state dict here")
     t.add_argument("--init", help="start from this exported bone_net.onnx (fine-tuning, "
@@ -717,7 +717,7 @@ def main():
                         "model on a dataset's validation seeds; rewrites its sidecar")
     th.add_argument("--data", required=True, help="folder written by `telecho perception dataset`")
     th.add_argument("--model", default=str(ROOT / "models" / "bone_net.onnx"))
-    th.add_argument("--val-from-seed", type=int, default=1550,
+    th.add_argument("--val-from-seed", type=int, default=3800,
                     help="frames of seeds >= this are the validation frames (never trained on)")
     e = sub.add_parser("export-untrained", help="export a randomly initialised network (timing)")
     e.add_argument("--out", required=True)

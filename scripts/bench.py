@@ -623,7 +623,7 @@ def plan_cnn(ctx: Ctx) -> list[Cmd]:
 
 
 def render_cnn(ctx: Ctx, results: list[Res]) -> str:
-    parts = ["The bundled CNN (`models/bone_net.onnx`, trained on seeds 1000–1549, validated on 1550–1599) beside the "
+    parts = ["The bundled CNN (`models/bone_net.onnx`, trained on seeds 1000–3799, validated on 3800–3999) beside the "
              "classical detector (the baseline) on held-out simulated patients, same frames and "
              "matching (3 mm, same class; landmarks in the frame but not fairly visible count "
              "neither way). Targets (issue 5, CNN): landmark F1 ≥ 0.9, median localisation error "

@@ -45,7 +45,7 @@ const TARGET_MEDIAN_MM: f64 = 1.5;
 #[derive(Debug, Args)]
 pub(crate) struct EvalArgs {
     /// Held-out patient seeds, inclusive: `A..B` (e.g. `1..50`), `A..=B` or one seed. Models
-    /// are trained on seeds 1000–1599 (validation 1550–1599); 1–100 are reserved for evaluation.
+    /// are trained on seeds 1000–3999 (validation 3800–3999); 1–100 are reserved for evaluation.
     #[arg(long)]
     seeds: String,
     /// Frames per patient.
