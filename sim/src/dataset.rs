@@ -744,7 +744,11 @@ fn is_surface_feature(
         return false;
     }
     // At the image border the surface may go on: no rise seen means no apex.
-    let rises = |k: usize| surface(k).is_none_or(|x| x - depth >= params.apex_rise_m);
+    let at = |k: usize| match k.checked_sub(lo) {
+        Some(i) if k <= hi => near[i],
+        _ => surface(k),
+    };
+    let rises = |k: usize| at(k).is_none_or(|x| x - depth >= params.apex_rise_m);
     let (lo2, hi2) = (c.saturating_sub(2 * win), (c + 2 * win).min(w - 1));
     (lo2..c).any(rises) && (c + 1..=hi2).any(rises)
 }
@@ -849,18 +853,37 @@ mod tests {
     /// A transverse frame centred over landmark `index`, `dz` (m) superior of it.
     fn transverse_over(ph: &std::sync::Arc<Phantom>, index: usize, dz: f64) -> UsFrame {
         let lm = Vector3::from(ph.landmarks()[index].xyz);
-        let (x, z) = (lm.x, lm.z + dz);
         // Beam along +y (anterior), array along +x, elevation along -z.
         let rotation = Matrix3::from_columns(&[Vector3::x(), -Vector3::z(), Vector3::y()]);
+        frame_at(ph, rotation, ScanPlane::Transverse, lm.x, lm.z + dz)
+    }
+
+    /// A frame of patient 4 with its probe 2 mm into the skin over ct `(x, z)`, beam straight down.
+    fn frame_at(
+        ph: &std::sync::Arc<Phantom>,
+        rotation: Matrix3<f64>,
+        plane: ScanPlane,
+        x: f64,
+        z: f64,
+    ) -> UsFrame {
         let pose = SampledPose {
             t_ct_probe: Transform::new(rotation, Vector3::new(x, ph.skin_y(x, z) + 2e-3, z)),
-            plane: ScanPlane::Transverse,
+            plane,
             level: 2,
             indentation_m: 2e-3,
             tilt_deg: 0.0,
             gain_db: 0.0,
         };
         render_pose(ph, 4, &pose).unwrap()
+    }
+
+    /// Whether an imaged bone surface lies within 2 mm of `l`'s depth, 3 columns either side.
+    fn on_imaged_surface(f: &UsFrame, l: &LabelledLandmark) -> bool {
+        let c = l.col.round() as usize;
+        f.bone_depth_m[c.saturating_sub(3)..=(c + 3).min(f.width - 1)]
+            .iter()
+            .flatten()
+            .any(|d| (d - l.row * f.axial_spacing_m).abs() <= 2e-3)
     }
 
     #[test]
@@ -942,15 +965,7 @@ mod tests {
         let z = ph.landmarks()[index].xyz[2];
         // Beam along +y (anterior), array along +z, elevation along +x.
         let rotation = Matrix3::from_columns(&[Vector3::z(), Vector3::x(), Vector3::y()]);
-        let pose = SampledPose {
-            t_ct_probe: Transform::new(rotation, Vector3::new(x, ph.skin_y(x, z) + 2e-3, z)),
-            plane: ScanPlane::Sagittal,
-            level: 2,
-            indentation_m: 2e-3,
-            tilt_deg: 0.0,
-            gain_db: 0.0,
-        };
-        render_pose(ph, 4, &pose).unwrap()
+        frame_at(ph, rotation, ScanPlane::Sagittal, x, z)
     }
 
     #[test]
@@ -991,12 +1006,10 @@ mod tests {
                 let rho = radial.norm();
                 if radial.y < -0.9 * rho {
                     top += 1;
-                    let c = l.col.round() as usize;
-                    let near = f.bone_depth_m[c.saturating_sub(3)..=(c + 3).min(f.width - 1)]
-                        .iter()
-                        .flatten()
-                        .any(|d| (d - l.row * f.axial_spacing_m).abs() <= 2e-3);
-                    assert!(near, "dx {dx}: the top is not on the imaged surface");
+                    assert!(
+                        on_imaged_surface(&f, l),
+                        "dx {dx}: the top is not on the imaged surface"
+                    );
                 } else if radial.y.abs() < 0.2 * rho {
                     flanks += 1;
                 }
@@ -1043,12 +1056,10 @@ mod tests {
                 "dz {dz}: cut {:.1} mm from the column",
                 (cut - expected).norm() * 1e3
             );
-            let c = l.col.round() as usize;
-            let near = f.bone_depth_m[c.saturating_sub(3)..=(c + 3).min(f.width - 1)]
-                .iter()
-                .flatten()
-                .any(|d| (d - l.row * f.axial_spacing_m).abs() <= 2e-3);
-            assert!(near, "dz {dz}: the cut is not on the imaged surface");
+            assert!(
+                on_imaged_surface(&f, l),
+                "dz {dz}: the cut is not on the imaged surface"
+            );
         }
         // Below the process (past the slab) and far above it: nothing to ignore.
         for dz in [-9e-3, 20e-3] {

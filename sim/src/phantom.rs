@@ -924,7 +924,6 @@ type LandmarkRays = ([Vector3<f64>; 8], [Ray; 8]);
 /// A ray (origin, direction), vertebra-local; `None` for a landmark that is not on the surface.
 type Ray = Option<(Vector3<f64>, Vector3<f64>)>;
 
-/// Builds the solids and nominal landmarks (vertebra-local) of one vertebra.
 /// Vertebra-local axis ends (root at the pedicle, centre of the lateral end cap) and radius of
 /// the transverse process on `side` (+1 right, −1 left): a capsule pointing laterally and
 /// slightly posteriorly.
@@ -938,6 +937,7 @@ fn transverse_capsule(d: &Dims, s: f64, side: f64) -> (Vector3<f64>, Vector3<f64
     (a, e, r)
 }
 
+/// Builds the solids and nominal landmarks (vertebra-local) of one vertebra.
 fn vertebra_solids(
     d: &Dims,
     s: f64,
